@@ -1,0 +1,475 @@
+"""The batched classifier engine shared by the bot and the CLI.
+
+Two ways in:
+
+* `classify_batch(images)` / `classify_stream(loaders)`: synchronous, on the caller's thread, for
+  the CLI and tests; decode of the next chunk overlaps inference of this one.
+* `await classify(image_bytes)`: for the bot. Requests from concurrent callers are queued,
+  micro-batched and run on one worker thread that owns the model (the "GPU worker executor");
+  decoding starts in a small thread pool as soon as a request arrives. The event loop only
+  enqueues and awaits. Past `queue_limit` waiting images, `classify` raises `Busy` at once.
+
+`swap(version)` loads another version beside the serving one and switches between batches, so a
+batch never mixes models and every result names the version that produced it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from models.artifact import ModelMeta, load_artifact
+from models.errors import Busy, EngineCrashed, ImageRejected, KimchiError, NoModel
+from models.preprocess import ImageLimits, crop_box, decode_rgb, exif_orientation, open_checked, presize_array, to_batch
+from models.registry import Registry
+from models.resample import pil_bilinear
+from models.types import ImageError, Prediction, Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs. Defaults suit the bot on a small CPU box and a GPU server alike."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    max_batch: int = 32
+    max_wait_ms: float = 2.0  # how long a request may wait for companions in its batch
+    queue_limit: int = 256  # waiting images beyond which classify() raises Busy
+    top_k: int = 3
+    decode_threads: int = 0  # 0: chosen from the CPU count
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    half: str = "auto"  # auto | on | off: bf16 autocast (auto: on CUDA only)
+    channels_last: str = "auto"  # auto | on | off (auto: on CUDA only)
+    # auto: nvJPEG (torchvision.io.decode_jpeg on the GPU) for JPEGs on CUDA, Pillow with DCT draft on the
+    # CPU; "torchvision" forces the tensor path on any device (tests run the GPU path's logic on the CPU);
+    # "pil" forces Pillow everywhere.
+    jpeg_decoder: str = "auto"
+    # Pillow's JPEG draft mode (DCT downscale before the resize) is faster, but feeds the model other
+    # pixels than fastai's Resize does: measured up to 0.3 of probability on borderline images. Off by default.
+    draft: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise KimchiError("KIMCHI_DEVICE/--device is cuda, but no CUDA GPU is available; use auto or cpu.")
+    if device not in ("cpu", "cuda"):
+        raise KimchiError(f"Unknown device '{device}'; use auto, cpu or cuda.")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparation: what happens to one image before the batch step, in the decode pool.
+
+@dataclass
+class _Square:
+    """A decoded image, already Resize(presize)d on the CPU: uint8 (P, P, 3)."""
+
+    array: np.ndarray
+
+
+@dataclass
+class _Jpeg:
+    """A JPEG whose header checked out, left for nvJPEG in the batch step."""
+
+    data: bytes
+    orientation: int
+    size: tuple[int, int]
+
+
+_Prepared = _Square | _Jpeg | ImageError
+
+
+def orient_chw(x: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation to a (C, H, W) tensor, as PIL's ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return x.flip(-1)
+    if orientation == 3:
+        return x.flip(-1, -2)
+    if orientation == 4:
+        return x.flip(-2)
+    if orientation == 5:
+        return x.transpose(-2, -1)
+    if orientation == 6:
+        return torch.rot90(x, -1, dims=(-2, -1))
+    if orientation == 7:
+        return x.transpose(-2, -1).flip(-1, -2)
+    if orientation == 8:
+        return torch.rot90(x, 1, dims=(-2, -1))
+    return x
+
+
+class _Runner:
+    """One loaded version on one device: turns prepared images into results."""
+
+    def __init__(self, registry: Registry, version: str, config: EngineConfig) -> None:
+        self.device = resolve_device(config.device)
+        self.config = config
+        self.version = version
+        model, meta = load_artifact(registry.path(version), device=self.device)
+        self.meta: ModelMeta = meta
+        self.pre = meta.preprocessing
+        cuda = self.device.type == "cuda"
+        self.half = config.half == "on" or (config.half == "auto" and cuda)
+        self.channels_last = config.channels_last == "on" or (config.channels_last == "auto" and cuda)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.gpu_decode = config.jpeg_decoder == "torchvision" or (config.jpeg_decoder == "auto" and cuda)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        for n in sorted({1, self.config.max_batch}):
+            squares = torch.zeros((n, self.pre.presize, self.pre.presize, 3), dtype=torch.uint8)
+            self._forward(squares.to(self.device))
+
+    # -- preparation, in the decode pool ------------------------------------------------------
+    def prepare(self, data: bytes) -> _Prepared:
+        try:
+            if self.gpu_decode:
+                img = open_checked(data, self.config.limits)
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):  # CMYK and the rest: Pillow
+                    return _Jpeg(data, exif_orientation(img), img.size)
+            return _Square(self._decode_and_presize(data))
+        except ImageRejected as err:
+            return ImageError(err.reason, err.detail)
+
+    def _decode_and_presize(self, data: bytes) -> np.ndarray:
+        img = decode_rgb(data, self.config.limits, draft_to=self.pre.presize if self.config.draft else None)
+        return presize_array(img, self.pre.presize)
+
+    # -- the batch step, on the worker or the caller's thread --------------------------------
+    def run(self, prepared: Sequence[_Prepared]) -> list[Result]:
+        results: list[Result | None] = [p if isinstance(p, ImageError) else None for p in prepared]
+        squares: list[tuple[int, torch.Tensor]] = []
+        jpegs = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Jpeg)]
+        if jpegs:
+            for i, out in zip((i for i, _ in jpegs), self._decode_tensors([p for _, p in jpegs])):
+                if isinstance(out, ImageError):
+                    results[i] = out
+                else:
+                    squares.append((i, out))
+        cpu = [(i, p.array) for i, p in enumerate(prepared) if isinstance(p, _Square)]
+        if cpu:
+            host = torch.from_numpy(np.stack([a for _, a in cpu]))  # (B, P, P, 3) uint8
+            if self.device.type == "cuda":
+                host = host.pin_memory().to(self.device, non_blocking=True)
+            squares.extend((i, t) for (i, _), t in zip(cpu, host.permute(0, 3, 1, 2).unbind(0)))
+        if squares:
+            order = [i for i, _ in squares]
+            probs = self._forward(torch.stack([t for _, t in squares]))
+            for i, p in zip(order, self._top(probs)):
+                results[i] = p
+        return results  # type: ignore[return-value]
+
+    def _forward(self, squares: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = to_batch(squares, self.pre)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.half:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _top(self, probs: torch.Tensor) -> list[Prediction]:
+        k = min(self.config.top_k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        vocab = self.meta.vocab
+        out = []
+        for vals, idx in zip(values.tolist(), indices.tolist()):
+            top = tuple((vocab[j], float(v)) for v, j in zip(vals, idx))
+            out.append(Prediction(top[0][0], top[0][1], top, self.version))
+        return out
+
+    def _decode_tensors(self, jpegs: list[_Jpeg]) -> list[torch.Tensor | ImageError]:
+        """torchvision's decode_jpeg on the engine's device (nvJPEG on CUDA), in one batch; an image it
+        rejects goes through Pillow instead. Returns presized uint8 (3, P, P) tensors."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        raw = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
+        try:
+            decoded: list[torch.Tensor | None] = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
+        except Exception:
+            decoded = []
+            for r in raw:
+                try:
+                    decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device))
+                except Exception:
+                    decoded.append(None)
+        upright = {i: orient_chw(img, j.orientation) for i, (j, img) in enumerate(zip(jpegs, decoded)) if img is not None}
+        out: list[torch.Tensor | ImageError | None] = [None] * len(jpegs)
+        for i, square in self._presize_tensors(upright).items():
+            out[i] = square
+        for i, img in enumerate(decoded):
+            if img is None:
+                fallback = self.prepare_on_cpu(jpegs[i].data)
+                out[i] = fallback if isinstance(fallback, ImageError) else \
+                    torch.from_numpy(fallback).to(self.device).permute(2, 0, 1)
+        return out  # type: ignore[return-value]
+
+    def prepare_on_cpu(self, data: bytes) -> np.ndarray | ImageError:
+        try:
+            return self._decode_and_presize(data)
+        except ImageRejected as err:
+            return ImageError(err.reason, err.detail)
+
+    def _presize_tensors(self, images: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Resize(presize) on tensors: fastai's crop, then Pillow's bilinear resize bit for bit.
+        Images of one size (Telegram's are mostly 1280x960) are resized together, in chunks."""
+        p = self.pre.presize
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in images.items():
+            groups.setdefault(tuple(img.shape[-2:]), []).append(i)
+        out = {}
+        for (h, w), members in groups.items():
+            left, top, right, bottom = crop_box(w, h, p)
+            for start in range(0, len(members), 32):  # bounds the int32 working set
+                chunk = members[start:start + 32]
+                crops = torch.stack([images[i][:, top:bottom, left:right] for i in chunk])
+                for i, square in zip(chunk, pil_bilinear(crops, p, p)):
+                    out[i] = square
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    prepared: cf.Future
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+class Classifier:
+    """Loads a registry version (or `current`) from the safe artifact and classifies image bytes."""
+
+    def __init__(self, registry: Registry | Path | str, version: str | None = "current",
+                 config: EngineConfig = EngineConfig(), allow_empty: bool = False) -> None:
+        self.registry = registry if isinstance(registry, Registry) else Registry(Path(registry))
+        self.config = config
+        resolve_device(config.device)  # fail early, with a sentence, on a bad device
+        threads = config.decode_threads or max(2, min(8, (os.cpu_count() or 2)))
+        self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="kimchi-decode")
+        self._runner: _Runner | None = None
+        try:
+            self._runner = _Runner(self.registry, self.registry.resolve(version), config)
+        except NoModel:
+            if not allow_empty:
+                raise
+            log.warning("no model yet: the classifier will answer NoModel until one is promoted")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._closed = False
+        self.crashes = 0
+        self.batches: list[tuple[int, str]] = []  # (size, version) of recent worker batches, for stats
+
+    # -- what it serves ------------------------------------------------------------------------
+    @property
+    def version(self) -> str | None:
+        runner = self._runner
+        return runner.version if runner else None
+
+    @property
+    def meta(self) -> ModelMeta | None:
+        runner = self._runner
+        return runner.meta if runner else None
+
+    @property
+    def device(self) -> str:
+        runner = self._runner
+        return str(runner.device) if runner else str(resolve_device(self.config.device))
+
+    def _require(self) -> _Runner:
+        runner = self._runner
+        if runner is None:
+            raise NoModel()
+        return runner
+
+    # -- synchronous API -------------------------------------------------------------------------
+    def classify_batch(self, images: Sequence[bytes]) -> list[Result]:
+        """One result per image, in order: a Prediction, or an ImageError for that image alone."""
+        return list(self.classify_stream([(lambda data=data: data) for data in images]))
+
+    def classify_stream(self, loaders: Iterable[Callable[[], bytes]], batch_size: int | None = None) -> Iterator[Result]:
+        """Results in order for a long stream of image loaders (e.g. file reads), chunk after chunk.
+
+        The next chunk is read and decoded in the pool while this one runs through the model.
+        """
+        runner = self._require()
+        size = batch_size or self.config.max_batch
+        chunks = _chunks(loaders, size)
+        in_flight: list[list[cf.Future]] = []
+        for _ in range(2):
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append([self._pool.submit(_load_and_prepare, runner, load) for load in chunk])
+        while in_flight:
+            prepared = [f.result() for f in in_flight.pop(0)]
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append([self._pool.submit(_load_and_prepare, runner, load) for load in chunk])
+            yield from runner.run(prepared)
+
+    # -- asynchronous API ------------------------------------------------------------------------
+    async def classify(self, data: bytes) -> Prediction:
+        """The prediction for one image; raises ImageRejected, Busy, NoModel or EngineCrashed."""
+        runner = self._require()
+        if self._closed:
+            raise KimchiError("The classifier is shut down.")
+        with self._pending_lock:
+            if self._pending >= self.config.queue_limit:
+                raise Busy(self._pending)
+            self._pending += 1
+        loop = asyncio.get_running_loop()
+        job = _Job(self._pool.submit(runner.prepare, data), loop.create_future(), loop)
+        self._ensure_worker()
+        self._queue.put(job)
+        result = await job.future
+        if isinstance(result, ImageError):
+            raise ImageRejected(result.reason, result.message)
+        return result
+
+    @property
+    def queued(self) -> int:
+        return self._pending
+
+    def _ensure_worker(self) -> None:
+        with self._worker_lock:
+            if self._worker is None or not self._worker.is_alive():
+                if self._worker is not None:
+                    self.crashes += 1
+                    log.error("classifier worker was found dead; starting a new one")
+                self._worker = threading.Thread(target=self._work, name="kimchi-engine", daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        """The worker loop: gather a batch, run it on the serving model, deliver, repeat."""
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch, stop = self._gather(first)
+            runner = self._runner  # read once: the whole batch runs on one version
+            try:
+                if runner is None:
+                    raise NoModel()
+                results: list = runner.run([self._prepared(j) for j in batch])
+                self.batches.append((len(batch), runner.version))
+                del self.batches[:-1000]
+            except Exception as err:  # the worker survives anything one batch does
+                self.crashes += 1
+                log.exception("classifier worker failed on a batch of %d; restarting it", len(batch))
+                failure = err if isinstance(err, NoModel) else EngineCrashed(
+                    "The classifier failed on this batch and was restarted; please send the photo again.")
+                results = [failure] * len(batch)
+            for job, result in zip(batch, results):
+                self._deliver(job, result)
+            if stop:
+                return
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """Collect companions for `first` until max_batch, or until max_wait has passed and every
+        gathered image is decoded (waiting for decodes costs nothing, so more may join meanwhile)."""
+        batch = [first]
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            remaining = deadline - time.monotonic()
+            undecoded = any(not j.prepared.done() for j in batch)
+            if remaining <= 0 and not undecoded:
+                break
+            try:
+                job = self._queue.get(timeout=max(remaining, 0.0005))
+            except queue.Empty:
+                continue
+            if job is _STOP:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    @staticmethod
+    def _prepared(job: _Job) -> _Prepared:
+        try:
+            return job.prepared.result()
+        except Exception as err:  # prepare() turns known failures into ImageError; this is the rest
+            log.exception("image preparation failed")
+            return ImageError("truncated", f"The image could not be decoded ({err.__class__.__name__}).")
+
+    def _deliver(self, job: _Job, result: object) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+        def settle() -> None:
+            if job.future.done():
+                return
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the caller's loop is closed; nobody is waiting any more
+            pass
+
+    # -- model swap ------------------------------------------------------------------------------
+    def swap(self, version: str = "current") -> str:
+        """Load `version` beside the serving model, then switch between batches. Returns its name."""
+        name = self.registry.resolve(version)
+        current = self._runner
+        if current is not None and current.version == name:
+            return name
+        runner = _Runner(self.registry, name, self.config)
+        self._runner = runner
+        log.info("classifier now serves %s (was %s)", name, current.version if current else "nothing")
+        return name
+
+    async def aswap(self, version: str = "current") -> str:
+        """swap() off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.swap, version)
+
+    def close(self) -> None:
+        """Finish queued work, stop the worker and the decode pool."""
+        if self._closed:
+            return
+        self._closed = True
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._queue.put(_STOP)
+            worker.join(timeout=30)
+        self._pool.shutdown(wait=True)
+
+
+def _load_and_prepare(runner: _Runner, load: Callable[[], bytes]) -> _Prepared:
+    try:
+        data = load()
+    except OSError as err:
+        return ImageError("unreadable", f"The file could not be read ({err.strerror or err}).")
+    return runner.prepare(data)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk

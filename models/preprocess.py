@@ -1,0 +1,164 @@
+"""From image bytes to the tensor the model was validated on, exactly as fastai's validation path.
+
+fastai's recipe (`item_tfms=Resize(460)`, `batch_tfms=[*aug_transforms(size=224, min_scale=0.75),
+Normalize]`) does this to a validation image, read from fastai/vision/augment.py:
+
+1. `Resize(460)`, crop method, on the PIL image: a centred crop of the largest square
+   (`m = min(w, h)/460`, crop side `int(m*460)`, top-left `int(0.5*(w-side))`), then PIL BILINEAR
+   resize to 460x460, giving uint8.
+2. `IntToFloatTensor`: /255.
+3. The affine transforms of `aug_transforms` run with an identity matrix: no change.
+4. `RandomResizedCropGPU(224, min_scale=0.75)` takes the whole square and resamples it to 224 with
+   fastai's `_grid_sample`, which first area-downsamples by `d = 460/224/2` when `d > 1`, then
+   samples bilinearly with `align_corners=True`.
+5. `Normalize`: (x - mean) / std.
+
+Decoding adds what fastai leaves out and the import does too: EXIF orientation, alpha composited on
+white, 16-bit and CMYK to 8-bit RGB, and limits on pixels and formats.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.nn import functional as F
+
+from models.artifact import Preprocessing
+from models.errors import ImageRejected
+
+# Formats a phone, a browser or a camera sends. MPO is the multi-picture JPEG some phones write.
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF"})
+# 12-MP phone photos are 4032x3024; 40 MP leaves room for 24-MP cameras and stops 100-MP pastes.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be. Pillow's own decompression-bomb guard stays on beneath this cap."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    formats: frozenset[str] = field(default=ALLOWED_FORMATS)
+    min_side: int = 8
+
+
+def open_checked(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Open `data` lazily (header only) and check format, frames and pixel count before any decode."""
+    if not data:
+        raise ImageRejected("empty", "The file is empty.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("too_large", "The image has too many pixels to be decoded safely.") from None
+    except UnidentifiedImageError:
+        raise ImageRejected("not_image", "The file is not an image I can read.") from None
+    except Exception as err:  # Pillow raises many types on broken headers
+        raise ImageRejected("not_image", f"The file is not a readable image ({err.__class__.__name__}).") from err
+    if img.format not in limits.formats:
+        raise ImageRejected("format", f"{img.format or 'This'} images are not supported; send a JPEG, PNG or WEBP.")
+    w, h = img.size
+    if w * h > limits.max_pixels:
+        raise ImageRejected("too_large", f"The image is {w}x{h}, more than the {limits.max_pixels / 1e6:.0f}-megapixel limit.")
+    if min(w, h) < limits.min_side:
+        raise ImageRejected("too_small", f"The image is only {w}x{h} pixels.")
+    if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
+        raise ImageRejected("animated", "Animated images are not supported; send a single photo.")
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB: alpha composited on white, palette expanded, 16-bit scaled, CMYK converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr)
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright) from an opened, not yet decoded image."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a broken EXIF block must not lose the photo
+        return 1
+
+
+def decode_rgb(data: bytes, limits: ImageLimits = ImageLimits(), draft_to: int | None = None) -> Image.Image:
+    """Fully decoded, upright, 8-bit RGB image from `data`, or ImageRejected with the reason.
+
+    `draft_to` lets the JPEG decoder scale down by 1/2, 1/4 or 1/8 in the DCT while keeping both
+    sides at least that many pixels; the later resize to the model's presize then has less to do.
+    """
+    img = open_checked(data, limits)
+    try:
+        if draft_to and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft_to, draft_to))
+        orientation = exif_orientation(img)
+        img.load()
+        if orientation != 1:  # exif_transpose copies even when there is nothing to do
+            img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
+    except ImageRejected:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageRejected("truncated", f"The image is damaged or truncated ({err}).") from err
+    except Exception as err:  # a decoder bug for one file must not take the batch down
+        raise ImageRejected("truncated", f"The image could not be decoded ({err.__class__.__name__}).") from err
+
+
+def crop_box(width: int, height: int, presize: int) -> tuple[int, int, int, int]:
+    """The centred crop of fastai's Resize(presize) on a validation image, with its float arithmetic."""
+    m = width / presize if width / presize < height / presize else height / presize
+    side_w, side_h = int(m * presize), int(m * presize)
+    left, top = int(0.5 * (width - side_w)), int(0.5 * (height - side_h))
+    return left, top, min(left + side_w, width), min(top + side_h, height)
+
+
+def presize_array(img: Image.Image, presize: int) -> np.ndarray:
+    """Resize(presize) as fastai applies it to a validation image: HxWx3 uint8, presize square."""
+    box = crop_box(img.width, img.height, presize)
+    # crop-then-resize, not resize(box=...): the latter rounds differently by one level.
+    return np.asarray(img.crop(box).resize((presize, presize), Image.Resampling.BILINEAR))
+
+
+def batch_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """fastai's validation resample of a float batch (B,3,P,P) to (B,3,size,size): area, then bilinear."""
+    d = min(x.shape[-2] / size, x.shape[-1] / size) / 2
+    if d > 1:
+        x = F.interpolate(x, scale_factor=1 / d, mode="area", recompute_scale_factor=True)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+
+
+def normalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    if not pre.normalize:
+        return x
+    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def to_batch(squares: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """uint8 (B,P,P,3) or (B,3,P,P) squares to the normalised float batch the model takes."""
+    if squares.shape[-1] == 3 and squares.shape[1] != 3:
+        squares = squares.permute(0, 3, 1, 2)
+    x = squares.float().div_(255.0)
+    return normalize(batch_resize(x, pre.size), pre)
+
+
+def preprocess_bytes(data: bytes, pre: Preprocessing, limits: ImageLimits = ImageLimits(), draft: bool = True) -> np.ndarray:
+    """Bytes to the presized uint8 square (P,P,3), on the CPU."""
+    img = decode_rgb(data, limits, draft_to=pre.presize if draft else None)
+    return presize_array(img, pre.presize)

@@ -1,0 +1,27 @@
+"""Small values that cross rooms: what the engine answers for one image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one image: best label, its probability, the top K, and who answered."""
+
+    label: str
+    confidence: float
+    top: tuple[tuple[str, float], ...]
+    version: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """Why one image of a batch got no prediction; the rest of the batch is unaffected."""
+
+    reason: str
+    message: str
+    ok: bool = False
+
+
+Result = Prediction | ImageError

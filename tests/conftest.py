@@ -1,0 +1,68 @@
+"""Shared fixtures: a KIMCHI_HOME per test, synthetic data, and one small model trained once per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from models.home import Home
+from models.registry import Registry
+from tests.imagegen import make_dataset
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+# Offline by construction: nothing in the suite may reach torchvision's download servers.
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-unused"))
+
+SESSION_CLASSES = 4
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    """A fresh KIMCHI_HOME for this test, also set in the environment."""
+    root = tmp_path / "kimchi-home"
+    monkeypatch.setenv("KIMCHI_HOME", str(root))
+    return Home(root).ensure()
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A home with one trained version (efficientnet_lite0, offline ImageNet weights) and its data."""
+
+    home: Home
+    data: Path
+    version: str
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.home.models)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """Trained once for the session: 4 classes x 30 images, presize 160, size 64, fine_tune(3, freeze_epochs=1).
+
+    presize/size > 2 makes the engine exercise fastai's area-then-bilinear path, like 460/224 does.
+    """
+    from training.progress import Progress
+    from training.recipe import Recipe, train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "data"
+    make_dataset(data, classes=SESSION_CLASSES, per_class=30, size=(200, 150))
+    home = Home(root / "home").ensure()
+    recipe = Recipe(arch="efficientnet_lite0", size=64, presize=160, bs=16, epochs=3, freeze_epochs=1, workers=0)
+    outcome = train(data, recipe, Registry(home.models), Progress(False, bars=False), report=False)
+    assert outcome.meta.metrics["accuracy"] >= 0.9, "the session model should learn the synthetic classes"
+    return Trained(home, data, outcome.version)
+
+
+@pytest.fixture
+def trained_copy(trained: Trained, home: Home) -> Trained:
+    """The session's trained registry copied into this test's own home, free to change."""
+    shutil.rmtree(home.models)
+    shutil.copytree(trained.home.models, home.models)
+    return Trained(home, trained.data, trained.version)

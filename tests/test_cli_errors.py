@@ -1,0 +1,93 @@
+"""Bad input to kimchi-train: one clear sentence on stderr, a non-zero exit, no traceback, nothing damaged."""
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from models.registry import Registry
+from tests.imagegen import make_dataset
+from training.cli import main
+
+TINY = ["--size", "32", "--presize", "40", "--epochs", "1", "--freeze-epochs", "0", "--bs", "4", "--workers", "0"]
+
+
+def _fails(capsys, argv, *needles):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [l for l in err.strip().splitlines() if l.startswith("kimchi-train")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_wrong_path_empty_and_single_class_folders(home, tmp_path, capsys):
+    _fails(capsys, ["train", str(tmp_path / "nowhere"), *TINY], "does not exist")
+    (tmp_path / "empty").mkdir()
+    _fails(capsys, ["train", str(tmp_path / "empty"), *TINY], "holds no images")
+    make_dataset(tmp_path / "one", classes=1, per_class=3)
+    _fails(capsys, ["train", str(tmp_path / "one"), *TINY], "only one class")
+    _fails(capsys, ["import", str(tmp_path / "empty")], "no class folders")
+    _fails(capsys, ["import", str(tmp_path / "nowhere")], "does not exist")
+    _fails(capsys, ["predict", str(tmp_path / "empty")], "No images found")
+    assert not Registry(home.models).versions()
+
+
+def test_unknown_arch_and_bad_values(home, tmp_path, capsys):
+    make_dataset(tmp_path / "d", classes=2, per_class=3)
+    _fails(capsys, ["train", str(tmp_path / "d"), "--arch", "vgg99", *TINY], "Unknown architecture 'vgg99'", "resnet18")
+    _fails(capsys, ["train", str(tmp_path / "d"), "--valid-pct", "1.5", *TINY], "valid_pct")
+
+
+def test_offline_without_weights_says_what_to_pass(home, tmp_path, capsys, monkeypatch):
+    import torchvision.models._api as weights_api
+
+    def offline(*args, **kwargs):  # the network is the one thing mocked
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
+    make_dataset(tmp_path / "d", classes=2, per_class=3)
+    line = _fails(capsys, ["train", str(tmp_path / "d"), "--arch", "resnet18", *TINY], "--weights PATH",
+                  "efficientnet_lite0", "--no-pretrained")
+    assert "ImageNet weights for resnet18" in line
+    _fails(capsys, ["train", str(tmp_path / "d"), "--weights", str(tmp_path / "missing.pth"), *TINY], "does not exist")
+    assert not Registry(home.models).versions()
+
+
+def test_resnet_trains_offline_from_a_weights_file(home, tmp_path, capsys):
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18-imagenet.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    make_dataset(tmp_path / "d", classes=2, per_class=4)
+    assert main(["train", str(tmp_path / "d"), "--weights", str(weights), *TINY]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("v1")
+
+
+def test_corrupt_model_directory_and_unknown_versions(trained_copy, capsys, tmp_path):
+    reg = trained_copy.registry
+    (reg.path("v1") / "model.safetensors").write_bytes(b"\x00" * 100)
+    photo = tmp_path / "p.jpg"
+    from tests.imagegen import draw
+
+    draw(0).save(photo)
+    _fails(capsys, ["predict", str(photo)], "damaged")
+    (reg.path("v1") / "meta.json").write_text("{oops", encoding="utf-8")
+    _fails(capsys, ["predict", str(photo)], "not a valid model description")
+    _fails(capsys, ["promote", "v9"], "no complete model version 'v9'")
+    _fails(capsys, ["evaluate", "v9", str(trained_copy.data)], "v9")
+    _fails(capsys, ["rollback"], "no earlier version")
+
+
+def test_console_script_reports_one_sentence(tmp_path):
+    """The installed `kimchi-train` entry point, as a user runs it."""
+    result = subprocess.run([sys.executable, "-m", "training.cli", "--home", str(tmp_path / "h"), "train",
+                             str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith("import images first (kimchi-train import SRC).")

@@ -1,0 +1,359 @@
+"""`kimchi-train`: import data, train the recipe, evaluate, predict and manage model versions.
+
+A thin layer: each subcommand parses its flags and calls one function. Bad input ends in one sentence on
+stderr and a non-zero exit; tracebacks go to KIMCHI_HOME/logs/kimchi-train.log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from models.errors import KimchiError
+from models.home import Home
+from models.logs import setup_logging
+from models.registry import Registry
+
+log = logging.getLogger("training.cli")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared flags
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The recipe's flags; defaults live in training.recipe.Recipe, so None here means 'default'."""
+    g = p.add_argument_group("recipe (defaults: the blog's)")
+    g.add_argument("--arch", help="resnet18 (default), resnet34, resnet50, efficientnet_v2_s, efficientnet_lite0")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                   help="start from random weights")
+    g.add_argument("--weights", metavar="PATH", help="ImageNet weights file for the arch (offline use)")
+    g.add_argument("--epochs", type=int, help="fine_tune epochs after the frozen ones (5)")
+    g.add_argument("--freeze-epochs", type=int, help="epochs with the body frozen (1)")
+    g.add_argument("--base-lr", type=float, help="fine_tune base_lr (2e-3)")
+    g.add_argument("--pct-start", type=float, help="fine_tune pct_start (0.3)")
+    g.add_argument("--cycles", type=int, help="extra fit_one_cycle epochs after fine_tune (0)")
+    g.add_argument("--lr-max", type=float, help="lr_max of those cycles (1e-4)")
+    g.add_argument("--size", type=int, help="aug_transforms size (224)")
+    g.add_argument("--presize", type=int, help="Resize item_tfms size (460)")
+    g.add_argument("--min-scale", type=float, help="aug_transforms min_scale (0.75)")
+    g.add_argument("--bs", type=int, help="batch size (64)")
+    g.add_argument("--valid-pct", type=float, help="RandomSplitter valid_pct (0.2)")
+    g.add_argument("--seed", type=int, help="RandomSplitter seed (42)")
+    g.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
+                   help="auto (default): bf16 on a GPU that has it, none on the CPU")
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="auto (default): on for CUDA")
+    g.add_argument("--early-stop", type=int, metavar="N", help="stop after N epochs without a better valid loss")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default)")
+    g.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
+
+
+def recipe_from_args(args: argparse.Namespace):
+    from training.config import Recipe
+
+    values = {name: getattr(args, name) for name in Recipe.field_names() if getattr(args, name, None) is not None}
+    return Recipe(**values)
+
+
+def registry_for(args: argparse.Namespace, home: Home) -> Registry:
+    return Registry(Path(args.models_dir).expanduser() if getattr(args, "models_dir", None) else home.models)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+def cmd_import(args: argparse.Namespace, home: Home) -> int:
+    from training.dataset import import_dataset
+
+    home.ensure()
+    dest = Path(args.dest).expanduser() if args.dest else home.base
+    summary = import_dataset(Path(args.src).expanduser(), dest, per_class=args.per_class, crop=args.crop,
+                             presize=args.presize, allow_new_classes=args.allow_new_classes, workers=args.workers)
+    for line in summary.lines():
+        print(line)
+    if summary.total_added == 0 and not sum(summary.duplicates.values()):
+        raise KimchiError(f"No image in {args.src} could be imported.")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, home: Home) -> int:
+    from training.dataset import count_classes
+
+    home.ensure()
+    recipe = recipe_from_args(args)
+    recipe.validate()
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
+    count_classes(data_dir)  # a wrong folder fails here, before fastai is imported
+    from training.progress import Progress
+    from training.recipe import train
+
+    registry = registry_for(args, home)
+    progress = Progress(json_lines=args.progress == "json")
+    try:
+        outcome = train(data_dir, recipe, registry, progress)
+    except KimchiError as err:
+        progress.emit("error", message=str(err))
+        raise
+    if args.progress != "json":
+        m = outcome.meta.metrics
+        print(f"kept epoch {outcome.meta.kept_epoch} of {recipe.total_epochs}: accuracy {m['accuracy']:.3f}, "
+              f"macro F1 {m['f1_macro']:.3f}; {outcome.version} "
+              f"({'current' if registry.current() == outcome.version else 'not current: kimchi-train promote ' + outcome.version})")
+    print(outcome.path)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, home: Home) -> int:
+    from training.evaluate import evaluate_version
+
+    registry = registry_for(args, home)
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
+    folder, metrics = evaluate_version(registry, args.version, data_dir, out=Path(args.out) if args.out else None,
+                                       tta=args.tta, test=args.test, pictures=not args.no_pictures, bs=args.bs)
+    print(f"accuracy {metrics['accuracy']:.4f}  error_rate {metrics['error_rate']:.4f}  "
+          f"macro precision {metrics['precision_macro']:.4f}  recall {metrics['recall_macro']:.4f}  "
+          f"F1 {metrics['f1_macro']:.4f}  (n={metrics['n']})")
+    if "tta" in metrics:
+        t = metrics["tta"]
+        print(f"with TTA: accuracy {t['accuracy']:.4f}  error_rate {t['error_rate']:.4f}  F1 {t['f1_macro']:.4f}")
+    print(folder)
+    return 0
+
+
+def _collect(paths: Sequence[str]) -> list[Path]:
+    from training.dataset import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)  # named explicitly: a missing or bad file gets its own error line
+    return files
+
+
+def cmd_predict(args: argparse.Namespace, home: Home) -> int:
+    from models.engine import Classifier, EngineConfig
+
+    files = _collect(args.paths)
+    if not files:
+        raise KimchiError(f"No images found in {' '.join(args.paths)}.")
+    config = EngineConfig(device=args.device, max_batch=args.batch_size, top_k=args.top)
+    classifier = Classifier(registry_for(args, home), args.model, config)
+    started = time.perf_counter()
+    ok = errors = 0
+    try:
+        loaders: list[Callable[[], bytes]] = [(lambda p=p: p.read_bytes()) for p in files]
+        for path, result in zip(files, classifier.classify_stream(loaders)):
+            if result.ok:
+                ok += 1
+                if args.json:
+                    print(json.dumps({"file": str(path), "label": result.label, "confidence": round(result.confidence, 6),
+                                      "top": [[l, round(p, 6)] for l, p in result.top], "model": result.version},
+                                     ensure_ascii=False))
+                else:
+                    top = ", ".join(f"{l} {p:.1%}" for l, p in result.top)
+                    print(f"{path}: {result.label} {result.confidence:.1%}  (top: {top})")
+            else:
+                errors += 1
+                if args.json:
+                    print(json.dumps({"file": str(path), "error": result.message, "reason": result.reason}, ensure_ascii=False))
+                else:
+                    print(f"{path}: error: {result.message}")
+            sys.stdout.flush()
+    finally:
+        classifier.close()
+    elapsed = time.perf_counter() - started
+    print(f"classified {ok} images in {elapsed:.2f} s: {ok / elapsed if elapsed else 0:.1f} img/s "
+          f"(model {classifier.version}, device {classifier.device}, batch {args.batch_size}); {errors} errors",
+          file=sys.stderr)
+    return 0 if ok else 1
+
+
+def cmd_models(args: argparse.Namespace, home: Home) -> int:
+    registry = registry_for(args, home)
+    infos = registry.list()
+    if not infos:
+        print(f"No model versions in {registry.root} yet; train one with: kimchi-train train")
+        return 0
+    print(f"{'':2}{'version':8} {'arch':18} {'accuracy':>8} {'macroF1':>8} {'epoch':>5} {'images':>7}  created")
+    for info in infos:
+        mark = "* " if info.current else "  "
+        if info.meta is None:
+            print(f"{mark}{info.name:8} damaged: {info.problem}")
+            continue
+        m = info.meta.metrics
+        acc = f"{m['accuracy']:.3f}" if isinstance(m.get("accuracy"), (int, float)) else "-"
+        f1 = f"{m['f1_macro']:.3f}" if isinstance(m.get("f1_macro"), (int, float)) else "-"
+        n = sum((info.meta.dataset.get("counts") or {}).values()) or "-"
+        print(f"{mark}{info.name:8} {info.meta.arch:18} {acc:>8} {f1:>8} {str(info.meta.kept_epoch or '-'):>5} "
+              f"{str(n):>7}  {info.meta.created_at}")
+    print("* = current")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, home: Home) -> int:
+    registry = registry_for(args, home)
+    version = registry.resolve(args.version)
+    previous = registry.promote(version, reason="kimchi-train promote", by=os.environ.get("USER"))
+    print(f"{version} is now current (was {previous or 'none'}).")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, home: Home) -> int:
+    registry = registry_for(args, home)
+    before = registry.current()
+    version = registry.rollback(by=os.environ.get("USER"))
+    print(f"{version} is now current (was {before}).")
+    return 0
+
+
+def cmd_import_model(args: argparse.Namespace, home: Home) -> int:
+    from training.convert import import_fastai_export
+
+    home.ensure()
+    print("warning: a .pkl file is a pickle, which runs code when it is loaded; import only files you trust. "
+          "The result is stored in the safe format (safetensors + meta.json).", file=sys.stderr)
+    version, path = import_fastai_export(Path(args.file).expanduser(), registry_for(args, home))
+    print(f"imported as {version}")
+    print(path)
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace, home: Home) -> int:
+    from training.lrfind import run_lr_find
+
+    recipe = recipe_from_args(args)
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
+    out = Path(args.out).expanduser() if args.out else home.root / "lr_find.png"
+    suggestions = run_lr_find(data_dir, recipe, out)
+    for name, value in suggestions.items():
+        print(f"{name:8} {value:.2e}")
+    print(out)
+    return 0
+
+
+def cmd_experiments(args: argparse.Namespace, home: Home) -> int:
+    from training.experiments import run_grid
+
+    home.ensure()
+    out = run_grid(Path(args.config).expanduser(), home, out=Path(args.out).expanduser() if args.out else None,
+                   force=args.force, only=args.only)
+    print(out / "results.md")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kimchi-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="KIMCHI_HOME (default: $KIMCHI_HOME or ~/.kimchi)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("import", help="import a folder-per-class dataset or AI Hub's kfood folders")
+    p.add_argument("src")
+    p.add_argument("--per-class", type=int, metavar="N", help="keep the first N images of each class (sorted)")
+    p.add_argument("--crop", action="store_true", help="crop to the boxes in crop_area.properties")
+    p.add_argument("--presize", type=int, default=460, metavar="PX",
+                   help="store with the shorter side at PX (default 460; 0 keeps the size)")
+    p.add_argument("--allow-new-classes", action="store_true", help="also import folders that are not kimchi classes")
+    p.add_argument("--dest", help="target folder (default KIMCHI_HOME/data/base)")
+    p.add_argument("--workers", type=int, help="decoder processes (default: one per CPU)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="train the recipe and publish a new model version")
+    p.add_argument("data_dir", nargs="?", help="folder per class (default KIMCHI_HOME/data/base)")
+    add_recipe_args(p)
+    p.add_argument("--models-dir", help="registry folder (default KIMCHI_HOME/models)")
+    p.add_argument("--progress", choices=["bar", "json"], default="bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="report and pictures for a version on a data folder")
+    p.add_argument("version", nargs="?", default="current")
+    p.add_argument("data_dir", nargs="?")
+    p.add_argument("--out", help="folder for the report (default: the version's report/)")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation (learn.tta)")
+    p.add_argument("--test", action="store_true", help="use every image, not the validation split")
+    p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--bs", type=int)
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files or folders (recursively)")
+    p.add_argument("paths", nargs="+", metavar="FILES_OR_DIRS")
+    p.add_argument("--model", default="current", metavar="VERSION")
+    p.add_argument("--json", action="store_true", help="JSON lines")
+    p.add_argument("--top", type=int, default=3, metavar="K")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list model versions; * marks the current one")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="make VERSION current (atomic)")
+    p.add_argument("version")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="return to the version that was current before")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("import-model", help="convert a fastai learn.export() .pkl to the safe format")
+    p.add_argument("file")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_import_model)
+
+    p = sub.add_parser("lr-find", help="fastai's lr_find: suggested learning rates and the plot")
+    p.add_argument("data_dir", nargs="?")
+    add_recipe_args(p)
+    p.add_argument("--out", help="PNG path (default KIMCHI_HOME/lr_find.png)")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("experiments", help="run a grid of named recipes from a TOML file")
+    p.add_argument("config")
+    p.add_argument("--out", help="results folder (default KIMCHI_HOME/experiments/<config name>)")
+    p.add_argument("--force", action="store_true", help="re-run finished runs too")
+    p.add_argument("--only", action="append", metavar="RUN", help="run only this run (repeatable)")
+    p.set_defaults(func=cmd_experiments)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    home = Home.from_env(args.home)
+    setup_logging(home.logs / "kimchi-train.log", logging.DEBUG if args.verbose else logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        return args.func(args, home)
+    except KimchiError as err:
+        log.info("failed: %s", err)
+        print(f"kimchi-train {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kimchi-train {args.command}: interrupted; nothing half-written was published.", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not bad input: one sentence here, the traceback in the log
+        log.exception("unexpected failure in %s", args.command)
+        print(f"kimchi-train {args.command}: unexpected error ({err.__class__.__name__}: {err}); "
+              f"the traceback is in {home.logs / 'kimchi-train.log'}.", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The recipe's settings, without importing fastai (so that bad flags fail fast)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from models.archs import get_spec
+from models.errors import KimchiError
+
+
+@dataclass
+class Recipe:
+    """Every knob of the recipe. Defaults are the blog's."""
+
+    arch: str = "resnet18"
+    pretrained: bool = True
+    weights: str | None = None
+    epochs: int = 5
+    freeze_epochs: int = 1
+    base_lr: float = 2e-3
+    pct_start: float = 0.3
+    cycles: int = 0
+    lr_max: float = 1e-4
+    size: int = 224
+    presize: int = 460
+    min_scale: float = 0.75
+    flip_vert: bool = False
+    max_rotate: float = 10.0
+    max_zoom: float = 1.1
+    max_lighting: float = 0.2
+    max_warp: float = 0.2
+    normalize: bool = True
+    bs: int = 64
+    valid_pct: float = 0.2
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    channels_last: str = "auto"  # auto | on | off
+    early_stop: int | None = None  # patience in epochs; None keeps training, still restoring the best
+    workers: int | None = None
+    device: str = "auto"
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    def validate(self) -> None:
+        get_spec(self.arch)
+        problems = []
+        if self.epochs < 0 or self.freeze_epochs < 0 or self.cycles < 0:
+            problems.append("epochs, freeze_epochs and cycles must not be negative")
+        if self.epochs + self.freeze_epochs + self.cycles == 0:
+            problems.append("at least one epoch must be trained")
+        if not 0 < self.valid_pct < 1:
+            problems.append(f"valid_pct must lie between 0 and 1, not {self.valid_pct}")
+        if self.size < 16 or self.presize < self.size:
+            problems.append(f"size must be at least 16 and presize ({self.presize}) at least size ({self.size})")
+        if not 0 < self.min_scale <= 1:
+            problems.append(f"min_scale must lie in (0, 1], not {self.min_scale}")
+        if self.bs < 1:
+            problems.append("bs must be at least 1")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            problems.append(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision}")
+        if self.base_lr <= 0 or self.lr_max <= 0:
+            problems.append("learning rates must be positive")
+        if problems:
+            raise KimchiError("Invalid recipe: " + "; ".join(problems) + ".")
+
+    @property
+    def total_epochs(self) -> int:
+        return self.freeze_epochs + self.epochs + self.cycles
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return get_spec(self.arch).stats

@@ -1,0 +1,397 @@
+"""`kimchi-train import`: a folder-per-class image tree (or AI Hub's kfood layout) into KIMCHI_HOME/data/base.
+
+Every file is opened and fully decoded; what cannot be is skipped and counted, never fatal. Images are
+stored upright, 8-bit RGB, optionally cropped to AI Hub's food box and presized so that training does
+not decode 1280-pixel JPEGs every epoch. A manifest line per image records where it came from.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from models.artifact import fsync_dir
+from models.errors import ImageRejected, KimchiError
+from models.labels import is_known, nfc
+from models.preprocess import ImageLimits, decode_rgb
+from models.registry import now_iso
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+CROP_FILE = "crop_area.properties"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jfif", ".mpo"}
+# Import is for trusted datasets; allow larger files than the bot accepts from strangers.
+IMPORT_LIMITS = ImageLimits(max_pixels=120_000_000)
+JPEG_QUALITY = 95
+
+
+# ---------------------------------------------------------------------------------------------
+# crop_area.properties
+
+@dataclass
+class CropTable:
+    """Boxes from one class folder's crop_area.properties, keyed by lower-case image stem."""
+
+    boxes: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    bad_keys: set[str] = field(default_factory=set)  # images whose line was unusable
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp949"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("latin-1")
+
+
+_KEY = re.compile(r"^[\w.\-]+$")
+
+
+def parse_crop_file(path: Path) -> CropTable:
+    """Parse `Img_XXX_YYYY=x,y,w,h` lines, tolerating the mess real files contain.
+
+    A line that is not exactly four numbers is reported (and its image, if the key is readable, is
+    kept uncropped); keys match image names case-insensitively, with or without an extension.
+    """
+    table = CropTable()
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith(("#", "!")):
+            continue
+        where = f"{path}:{number}"
+        if "=" not in text:
+            table.problems.append(f"{where}: no '=' in {text[:60]!r}")
+            continue
+        key, _, value = text.partition("=")
+        key = key.strip()
+        stem = Path(key).stem if Path(key).suffix.lower() in IMAGE_SUFFIXES else key
+        if not stem or not _KEY.match(stem):
+            table.problems.append(f"{where}: unreadable image name {key[:60]!r}")
+            continue
+        stem = stem.lower()
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            if len(parts) != 4 or any(p == "" for p in parts):
+                raise ValueError(f"expected x,y,w,h, got {value.strip()[:60]!r}")
+            x, y, w, h = (float(p) for p in parts)
+            if w <= 0 or h <= 0:
+                raise ValueError(f"width and height must be positive in {value.strip()!r}")
+        except ValueError as err:
+            table.problems.append(f"{where}: {err}; {key} stays uncropped")
+            table.bad_keys.add(stem)
+            table.boxes.pop(stem, None)
+            continue
+        if stem in table.boxes:
+            table.problems.append(f"{where}: second entry for {key}; using this one")
+        table.boxes[stem] = (x, y, w, h)
+        table.bad_keys.discard(stem)
+    return table
+
+
+def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int] | None:
+    """x,y,w,h clipped to the image, as a PIL box; None when nothing usable is left."""
+    x, y, w, h = box
+    left, top = max(0, int(round(x))), max(0, int(round(y)))
+    right, bottom = min(width, int(round(x + w))), min(height, int(round(y + h)))
+    if right - left < 8 or bottom - top < 8:
+        return None
+    return left, top, right, bottom
+
+
+# ---------------------------------------------------------------------------------------------
+# finding classes
+
+@dataclass
+class ClassFolder:
+    name: str  # NFC
+    path: Path
+    files: list[Path]
+
+
+def _is_candidate(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name != CROP_FILE
+
+
+def find_class_folders(src: Path) -> list[ClassFolder]:
+    """Folders that directly hold files, each a class named by the folder (NFC).
+
+    Works for a plain folder-per-class tree and for AI Hub's kfood/<category>/<class>/ layout. Two
+    folders whose names differ only in Unicode form (macOS NFD) are one class.
+    """
+    if not src.exists():
+        raise KimchiError(f"{src} does not exist.")
+    if not src.is_dir():
+        raise KimchiError(f"{src} is not a folder; import takes a folder with one subfolder per class.")
+    classes: dict[str, ClassFolder] = {}
+    for folder, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files = sorted((Path(folder) / f for f in filenames if _is_candidate(Path(folder) / f)), key=lambda p: p.name)
+        if not files or Path(folder) == src:
+            continue
+        name = nfc(Path(folder).name)
+        if name in classes:
+            classes[name].files = sorted(classes[name].files + files, key=lambda p: p.name)
+        else:
+            classes[name] = ClassFolder(name, Path(folder), files)
+    return sorted(classes.values(), key=lambda c: c.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# one image, in a worker process
+
+@dataclass
+class _Job:
+    source: str
+    sha256: str
+    label: str
+    dest: str
+    crop: tuple[float, float, float, float] | None
+    presize: int
+
+
+def _process(job: _Job) -> dict:
+    """Decode, orient, crop, presize and store one image. Returns a manifest row or a skip reason."""
+    try:
+        # Full decodes, no JPEG draft: the stored pixels stay what the engine will see at inference.
+        img = decode_rgb(Path(job.source).read_bytes(), IMPORT_LIMITS)
+        crop_used = None
+        note = None
+        if job.crop is not None:
+            box = clip_box(job.crop, img.width, img.height)
+            if box is None:
+                note = "crop box lies outside the image; kept uncropped"
+            else:
+                img = img.crop(box)
+                crop_used = list(box)
+                x, y, w, h = job.crop
+                if crop_used != [round(x), round(y), round(x + w), round(y + h)]:
+                    note = "crop box clipped to the image"
+        if job.presize and min(img.size) > job.presize:
+            ratio = job.presize / min(img.size)
+            img = img.resize((max(1, round(img.width * ratio)), max(1, round(img.height * ratio))), Image.Resampling.BILINEAR)
+        dest = Path(job.dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        img.save(tmp, "JPEG", quality=JPEG_QUALITY)
+        os.replace(tmp, dest)
+        return {"ok": True, "size": list(img.size), "crop": crop_used, "note": note}
+    except ImageRejected as err:
+        return {"ok": False, "reason": err.reason, "detail": err.detail}
+    except OSError as err:
+        return {"ok": False, "reason": "unreadable", "detail": str(err)}
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ImportSummary:
+    """What an import did, per class and in total."""
+
+    added: Counter = field(default_factory=Counter)
+    duplicates: Counter = field(default_factory=Counter)
+    skipped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    unknown_classes: list[str] = field(default_factory=list)
+    crop_problems: list[str] = field(default_factory=list)
+    uncropped: Counter = field(default_factory=Counter)
+    dest: Path | None = None
+
+    @property
+    def total_added(self) -> int:
+        return sum(self.added.values())
+
+    def lines(self) -> list[str]:
+        out = []
+        classes = sorted(set(self.added) | set(self.duplicates) | set(self.skipped))
+        for name in classes:
+            skipped = self.skipped.get(name, Counter())
+            detail = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+            line = f"{name}: {self.added[name]} added, {self.duplicates[name]} already there"
+            if detail:
+                line += f", skipped {sum(skipped.values())} ({detail})"
+            if self.uncropped[name]:
+                line += f", {self.uncropped[name]} left uncropped"
+            out.append(line)
+        total_skipped = sum(sum(c.values()) for c in self.skipped.values())
+        out.append(f"total: {self.total_added} added, {sum(self.duplicates.values())} already there, "
+                   f"{total_skipped} skipped, into {self.dest}")
+        if self.unknown_classes:
+            out.append("not kimchi classes, not imported (use --allow-new-classes to keep them): "
+                       + ", ".join(self.unknown_classes))
+        if self.crop_problems:
+            out.append(f"{len(self.crop_problems)} crop_area.properties lines could not be used (see the log)")
+        return out
+
+
+def read_manifest(folder: Path) -> list[dict]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                log.warning("ignoring a damaged manifest line in %s", path)
+    return rows
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def import_dataset(src: Path, dest: Path, per_class: int | None = None, crop: bool = False,
+                   presize: int = 460, allow_new_classes: bool = False, workers: int | None = None) -> ImportSummary:
+    """Import `src` into `dest` (normally KIMCHI_HOME/data/base). Safe to run again: adds only new images."""
+    summary = ImportSummary(dest=dest)
+    folders = find_class_folders(Path(src))
+    if not folders:
+        raise KimchiError(f"{src} holds no class folders with files in them; expected {src}/<class>/<image>.")
+    kept = []
+    for folder in folders:
+        if is_known(folder.name) or allow_new_classes:
+            kept.append(folder)
+        else:
+            summary.unknown_classes.append(folder.name)
+    if not kept:
+        raise KimchiError(f"None of the folders in {src} is a kimchi class ({', '.join(summary.unknown_classes[:5])}…).")
+    dest.mkdir(parents=True, exist_ok=True)
+    known = {row["sha256"]: row for row in read_manifest(dest)}
+    workers = workers or max(1, os.cpu_count() or 1)
+    with open(dest / MANIFEST, "a", encoding="utf-8") as manifest, \
+            cf.ThreadPoolExecutor(max(2, workers)) as hasher, \
+            cf.ProcessPoolExecutor(workers) as pool:
+        for folder in kept:
+            table = parse_crop_file(folder.path / CROP_FILE) if crop and (folder.path / CROP_FILE).is_file() else None
+            if crop and table is None:
+                log.warning("%s has no %s; its images stay uncropped", folder.path, CROP_FILE)
+            if table:
+                for problem in table.problems:
+                    log.warning("crop: %s", problem)
+                summary.crop_problems.extend(table.problems)
+            _import_class(folder, dest, per_class, table if crop else None, presize, known, summary, manifest, hasher, pool)
+        manifest.flush()
+        os.fsync(manifest.fileno())
+    fsync_dir(dest)
+    return summary
+
+
+def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table: CropTable | None, presize: int,
+                  known: dict[str, dict], summary: ImportSummary, manifest, hasher: cf.Executor, pool: cf.Executor) -> None:
+    name = folder.name
+    have = 0
+    shas = hasher.map(_sha256, folder.files)
+    pending: list[tuple[Path, str, tuple | None, cf.Future]] = []
+
+    def drain(limit: int) -> None:
+        nonlocal have
+        while len(pending) > limit:
+            path, sha, box, future = pending.pop(0)
+            result = future.result()
+            if not result["ok"]:
+                summary.skipped[name][result["reason"]] += 1
+                log.info("skipped %s: %s", path, result["detail"])
+                continue
+            if per_class is not None and have >= per_class:
+                # Filled by earlier files while this one was in flight: drop it to keep "the first N".
+                (dest / name / f"{sha}.jpg").unlink(missing_ok=True)
+                continue
+            have += 1
+            summary.added[name] += 1
+            if result["note"]:
+                log.info("%s: %s", path, result["note"])
+            row = {"path": f"{name}/{sha}.jpg", "class": name, "sha256": sha, "source": str(path),
+                   "crop": result["crop"], "size": result["size"], "imported_at": now_iso()}
+            known[sha] = row
+            manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    lookahead = 64
+    for path, sha in zip(folder.files, shas):
+        drain(lookahead)
+        if per_class is not None and have + len(pending) >= per_class:
+            drain(0)
+            if have >= per_class:
+                break
+        if sha is None:
+            summary.skipped[name]["unreadable"] += 1
+            continue
+        if sha in known:
+            summary.duplicates[name] += 1
+            have += 1
+            if known[sha]["class"] != name:
+                log.warning("%s is the same image as %s (%s); kept once, as %s",
+                            path, known[sha]["source"], known[sha]["class"], known[sha]["class"])
+            continue
+        if any(p[1] == sha for p in pending):
+            summary.duplicates[name] += 1
+            continue
+        box = None
+        if table is not None:
+            key = path.stem.lower()
+            box = table.boxes.get(key)
+            if box is None:
+                summary.uncropped[name] += 1
+                if key not in table.bad_keys:
+                    log.info("crop: no entry for %s; kept uncropped", path.name)
+        job = _Job(str(path), sha, name, str(dest / name / f"{sha}.jpg"), box, presize)
+        pending.append((path, sha, box, pool.submit(_process, job)))
+    drain(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a data folder as training sees it
+
+def image_files(folder: Path | str) -> list[Path]:
+    """Image files below `folder` by suffix, sorted, hidden ones left out: the DataBlock's items.
+
+    Sorted, so that RandomSplitter's seed means the same split on every filesystem.
+    """
+    folder = Path(folder)
+    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()),
+                  key=str)
+
+
+def label_of(path: Path | str) -> str:
+    """The parent folder's name in NFC: a macOS (NFD) folder must not become a 12th class."""
+    return nfc(Path(path).parent.name)
+
+
+def count_classes(data_dir: Path) -> dict[str, int]:
+    """Images per class folder, or one sentence on what is wrong with `data_dir`."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise KimchiError(f"The data folder {data_dir} does not exist; import images first (kimchi-train import SRC).")
+    if not data_dir.is_dir():
+        raise KimchiError(f"{data_dir} is not a folder.")
+    counts: dict[str, int] = {}
+    for path in image_files(data_dir):
+        counts[label_of(path)] = counts.get(label_of(path), 0) + 1
+    if not counts:
+        raise KimchiError(f"{data_dir} holds no images; expected {data_dir}/<class>/<image>.jpg.")
+    if len(counts) < 2:
+        raise KimchiError(f"{data_dir} holds only one class ({next(iter(counts))}); a classifier needs at least two.")
+    return counts
+
+
+def fingerprint(data_dir: Path) -> str:
+    """A short hash of the file list (relative path, size): two runs on the same data share it."""
+    h = hashlib.sha256()
+    for path in image_files(data_dir):
+        h.update(f"{path.relative_to(data_dir)}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
