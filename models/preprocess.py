@@ -18,9 +18,11 @@ white, 16-bit and CMYK to 8-bit RGB, and limits on pixels and formats.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import io
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -127,19 +129,77 @@ def crop_box(width: int, height: int, presize: int) -> tuple[int, int, int, int]
     return left, top, min(left + side_w, width), min(top + side_h, height)
 
 
-def presize_array(img: Image.Image, presize: int) -> np.ndarray:
-    """Resize(presize) as fastai applies it to a validation image: HxWx3 uint8, presize square."""
+_helper: cf.ThreadPoolExecutor | None = None
+
+
+def _second_thread() -> cf.ThreadPoolExecutor:
+    global _helper
+    if _helper is None:
+        _helper = cf.ThreadPoolExecutor(1, thread_name_prefix="kimchi-resize")
+    return _helper
+
+
+def presize_array(img: Image.Image, presize: int, split: bool = False) -> np.ndarray:
+    """Resize(presize) as fastai applies it to a validation image: HxWx3 uint8, presize square.
+
+    With `split`, a large square is resized as two halves on two threads (Pillow releases the GIL):
+    each half's rows come out bit-identical to the whole resize when the downscale is 2x or more, as
+    the box then only moves the filter centres, not the pixels they read.
+    """
     box = crop_box(img.width, img.height, presize)
-    # crop-then-resize, not resize(box=...): the latter rounds differently by one level.
-    return np.asarray(img.crop(box).resize((presize, presize), Image.Resampling.BILINEAR))
+    # crop-then-resize, not resize(box=...): the latter reads past the crop at the borders.
+    square = img.crop(box)
+    side = square.height
+    if not split or side < 2 * presize or square.width != side:
+        return np.array(square.resize((presize, presize), Image.Resampling.BILINEAR))
+    half = presize // 2
+    cut = half * side / presize
+    top = _second_thread().submit(square.resize, (presize, half), Image.Resampling.BILINEAR, (0, 0, side, cut))
+    bottom = square.resize((presize, presize - half), Image.Resampling.BILINEAR, box=(0, cut, side, side))
+    return np.concatenate([np.asarray(top.result()), np.asarray(bottom)])
 
 
 def batch_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """fastai's validation resample of a float batch (B,3,P,P) to (B,3,size,size): area, then bilinear."""
+    """fastai's validation resample of a float batch (B,3,P,P) to (B,3,size,size): area, then bilinear.
+
+    This is the reference, as fastai's `_grid_sample` computes it; `fast_batch_resize` is the same
+    linear map applied as a few gathers per axis.
+    """
     d = min(x.shape[-2] / size, x.shape[-1] / size) / 2
     if d > 1:
         x = F.interpolate(x, scale_factor=1 / d, mode="area", recompute_scale_factor=True)
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
+
+
+@lru_cache(maxsize=16)
+def _resize_taps(presize: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, weight), each (size, taps): the rows of the 1-D map that `batch_resize` applies per axis.
+
+    Area-then-bilinear is linear and separable, so pushing the identity through it gives its matrix;
+    each output pixel reads only a handful of inputs, kept here as taps.
+    """
+    eye = torch.eye(presize, dtype=torch.float64).view(presize, 1, presize, 1)
+    d = presize / size / 2
+    if d > 1:
+        eye = F.interpolate(eye, scale_factor=(1 / d, 1), mode="area", recompute_scale_factor=True)
+    matrix = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=True).view(presize, size).T
+    taps = int((matrix != 0).sum(1).max())
+    weight, index = matrix.abs().topk(taps, dim=1)
+    weight = matrix.gather(1, index)
+    return index, weight.float()
+
+
+def _dense(index: torch.Tensor, weight: torch.Tensor, presize: int) -> torch.Tensor:
+    return torch.zeros((index.shape[0], presize), dtype=weight.dtype, device=weight.device).scatter_add_(1, index, weight)
+
+
+def fast_batch_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`batch_resize` as the same separable map: rows by gathering whole rows (cheap copies), then
+    columns by one small matmul. Equal to the reference within ~2e-5, and faster on CPU and GPU."""
+    index, weight = _resize_taps(x.shape[-1], size)
+    index, weight = index.to(x.device), weight.to(x.device, x.dtype)
+    rows = sum(x.index_select(-2, index[:, t]) * weight[:, t, None] for t in range(index.shape[1]))
+    return rows @ _dense(index, weight, x.shape[-1]).T
 
 
 def normalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
@@ -155,6 +215,9 @@ def to_batch(squares: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     if squares.shape[-1] == 3 and squares.shape[1] != 3:
         squares = squares.permute(0, 3, 1, 2)
     x = squares.float().div_(255.0)
+    # Measured on a 2-core CPU: gathers win for one image (1.8 vs 3.9 ms), F.interpolate for 32.
+    if x.shape[0] <= 2 and x.shape[-1] == x.shape[-2]:
+        return normalize(fast_batch_resize(x, pre.size), pre)
     return normalize(batch_resize(x, pre.size), pre)
 
 

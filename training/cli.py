@@ -94,8 +94,17 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
 
     registry = registry_for(args, home)
     progress = Progress(json_lines=args.progress == "json")
+    baseline = registry.current()  # the model serving before this run, for --holdout
     try:
         outcome = train(data_dir, recipe, registry, progress)
+        if args.holdout:
+            from training.compare import compare_on_holdout
+
+            progress.emit("comparing", candidate=outcome.version, current=baseline)
+            result = compare_on_holdout(registry, outcome.version, baseline, Path(args.holdout),
+                                        Path(args.report_dir) if args.report_dir else outcome.path / "report",
+                                        device=recipe.device)
+            progress.emit("compare", **result)
     except KimchiError as err:
         progress.emit("error", message=str(err))
         raise
@@ -274,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_args(p)
     p.add_argument("--models-dir", help="registry folder (default KIMCHI_HOME/models)")
     p.add_argument("--progress", choices=["bar", "json"], default="bar")
+    p.add_argument("--holdout", metavar="FILE", help="JSON lines {path, label, source}: score the new version and "
+                   "the current one on them (used by /retrain)")
+    p.add_argument("--report-dir", help="where --holdout writes compare.json and its confusion matrix")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="report and pictures for a version on a data folder")

@@ -16,9 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from models.artifact import fsync_dir
+from models.datafiles import IMAGE_SUFFIXES, MANIFEST, jpeg_bytes, presized, read_manifest
 from models.errors import ImageRejected, KimchiError
 from models.labels import is_known, nfc
 from models.preprocess import ImageLimits, decode_rgb
@@ -26,12 +25,9 @@ from models.registry import now_iso
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
 CROP_FILE = "crop_area.properties"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jfif", ".mpo"}
 # Import is for trusted datasets; allow larger files than the bot accepts from strangers.
 IMPORT_LIMITS = ImageLimits(max_pixels=120_000_000)
-JPEG_QUALITY = 95
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,13 +174,11 @@ def _process(job: _Job) -> dict:
                 x, y, w, h = job.crop
                 if crop_used != [round(x), round(y), round(x + w), round(y + h)]:
                     note = "crop box clipped to the image"
-        if job.presize and min(img.size) > job.presize:
-            ratio = job.presize / min(img.size)
-            img = img.resize((max(1, round(img.width * ratio)), max(1, round(img.height * ratio))), Image.Resampling.BILINEAR)
+        img = presized(img, job.presize)
         dest = Path(job.dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        img.save(tmp, "JPEG", quality=JPEG_QUALITY)
+        tmp.write_bytes(jpeg_bytes(img))
         os.replace(tmp, dest)
         return {"ok": True, "size": list(img.size), "crop": crop_used, "note": note}
     except ImageRejected as err:
@@ -232,20 +226,6 @@ class ImportSummary:
         if self.crop_problems:
             out.append(f"{len(self.crop_problems)} crop_area.properties lines could not be used (see the log)")
         return out
-
-
-def read_manifest(folder: Path) -> list[dict]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                log.warning("ignoring a damaged manifest line in %s", path)
-    return rows
 
 
 def _sha256(path: Path) -> str | None:

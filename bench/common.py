@@ -1,0 +1,100 @@
+"""Shared pieces of the benchmark scripts: synthetic photos, a quickly trained model, timing helpers.
+
+Benchmarks print figures; they assert nothing. Compare ratios within one run (the machines are noisy)
+and quote medians.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+from tests.imagegen import draw, encode, make_dataset  # noqa: E402
+
+
+def photos(n: int, size: tuple[int, int] = (1280, 960), classes: int = 4, quality: int = 87) -> list[bytes]:
+    """`n` distinct JPEGs of Telegram's photo size."""
+    return [encode(draw(i % classes, size, seed=10_000 + i), "JPEG", quality=quality) for i in range(n)]
+
+
+def write_photos(folder: Path, blobs: list[bytes]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, data in enumerate(blobs):
+        path = folder / f"photo_{i:05d}.jpg"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def trained_model(home: Path, arch: str = "resnet18", classes: int = 4, per_class: int = 16, size: int = 224,
+                  presize: int = 460, device: str = "auto", epochs: int = 1, freeze_epochs: int = 1):
+    """A registry under `home` with one version trained on synthetic photos (reused if already there)."""
+    from models.registry import Registry
+    from training.config import Recipe
+    from training.progress import Progress
+    from training.recipe import train
+
+    registry = Registry(home / "models")
+    if registry.current():
+        return registry, registry.current()
+    data = home / "data"
+    make_dataset(data, classes=classes, per_class=per_class, size=(640, 480))
+    recipe = Recipe(arch=arch, pretrained=False, size=size, presize=presize, bs=16, epochs=epochs,
+                    freeze_epochs=freeze_epochs, workers=0, device=device)
+    outcome = train(data, recipe, registry, Progress(False, bars=False), report=False)
+    return registry, outcome.version
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
+    """Median wall time of `fn` over `repeat` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    info = {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def report(results: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=str)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")

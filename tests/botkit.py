@@ -1,0 +1,68 @@
+"""Running the real bot against the fake Bot API, in-process or as a `kimchi-bot` subprocess."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from telegram import Update
+
+from bot.app import build_application
+from bot.settings import Settings
+from models.home import Home
+from tests.telegram_fake import FakeTelegram
+
+TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1"
+ADMIN = 424242
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bot_env(home: Home, fake: FakeTelegram, **extra: str) -> dict[str, str]:
+    env = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": fake.base_url, "TELEGRAM_API_FILE_URL": fake.file_url,
+           "KIMCHI_HOME": str(home.root), "KIMCHI_ADMIN_IDS": str(ADMIN), "KIMCHI_DEVICE": "cpu",
+           "KIMCHI_RATE_LIMIT": "0", "KIMCHI_LOG_LEVEL": "INFO"}
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def running_bot(home: Home, fake: FakeTelegram, **extra: str) -> AsyncIterator:
+    """The Application as `kimchi-bot` runs it (post_init, polling, post_stop, post_shutdown), in this loop."""
+    settings = Settings.load(environ=bot_env(home, fake, **extra), env_file=None)
+    app = build_application(settings)
+    await app.initialize()
+    await app.post_init(app)
+    await app.start()
+    await app.updater.start_polling(poll_interval=0.0, timeout=1, allowed_updates=Update.ALL_TYPES)
+    try:
+        yield app
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        await app.post_stop(app)
+        await app.shutdown()
+        await app.post_shutdown(app)
+
+
+def spawn_bot(home: Home, fake: FakeTelegram, cwd: Path, **extra: str) -> subprocess.Popen:
+    """`python -m bot.app` (what the kimchi-bot script runs) with the given settings in its environment."""
+    env = {**os.environ, **bot_env(home, fake, **extra), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bot.app"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def rows(home: Home, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    con = sqlite3.connect(home.database)
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def buttons(call) -> list[list[dict]]:
+    return (call.params.get("reply_markup") or {}).get("inline_keyboard", [])
