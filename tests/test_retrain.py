@@ -1,0 +1,269 @@
+"""/retrain end to end through the fake Bot API: a real trainer subprocess, a real registry and SQLite file."""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from bot.retrain import Item, build_training_set, collect_items, holdout_side
+from models.artifact import META
+from models.promotion import HoldoutScore, decide
+from models.registry import Registry
+from tests.botkit import ADMIN, TOKEN, rows, running_bot, spawn_bot
+from tests.imagegen import draw, encode
+from tests.telegram_fake import FakeTelegram, user
+from training.dataset import import_dataset
+
+TINY = ("--arch efficientnet_lite0 --size 64 --presize 160 --epochs 1 --freeze-epochs 1 --bs 16 --workers 0 "
+        "--device cpu")
+RETRAIN = dict(KIMCHI_TRAIN_ARGS=TINY, KIMCHI_RETRAIN_MIN_PER_CLASS="5", KIMCHI_HOLDOUT_PCT="20")
+
+
+@pytest.fixture
+async def fake():
+    server = await FakeTelegram(TOKEN).start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def world(trained_copy):
+    """The session's v1 serving, and its training images imported as the base dataset."""
+    import_dataset(trained_copy.data, trained_copy.home.base, presize=160, workers=1)
+    return trained_copy
+
+
+def publish_relabelled(registry: Registry, version: str) -> str:
+    """v1's weights with the vocabulary reversed: a model that is confidently wrong."""
+    staging = registry.staging()
+    shutil.rmtree(staging)
+    shutil.copytree(registry.path(version), staging)
+    meta = json.loads((staging / META).read_text(encoding="utf-8"))
+    meta["vocab"] = list(reversed(meta["vocab"]))
+    (staging / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+    return registry.publish(staging)
+
+
+def photo(cls: int, seed: int) -> bytes:
+    return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
+
+
+async def send_command(fake, who, text):
+    msg = await fake.send_text(who, text)
+    return msg
+
+
+async def admin_texts(fake, since: int = 0) -> list[str]:
+    return [c.params.get("text", "") for c in fake.calls[since:] if c.method == "sendMessage"
+            and int(c.params["chat_id"]) == ADMIN]
+
+
+async def correct_some(fake, people, label_of):
+    """Each person sends a photo and corrects it with /correct; returns the photo messages."""
+    sent = []
+    for i, person in enumerate(people):
+        msg = await fake.send_photo(person, photo(i % 4, 700 + i))
+        await fake.reply_to(msg)
+        fix = await fake.send_text(person, f"/correct {label_of(i)}")
+        await fake.reply_to(fix)
+        sent.append(msg)
+    return sent
+
+
+# ---------------------------------------------------------------------------------------------
+# the rules, directly
+
+def test_promotion_rule():
+    def score(f1, corr, version="v"):
+        return HoldoutScore(version, 10, f1, f1, f1, f1, {}, 4 if corr is not None else 0, corr)
+
+    assert decide(score(0.8, 0.5), None).promote
+    assert decide(score(0.80, 0.75), score(0.80, 0.75)).promote  # no worse is enough
+    assert not decide(score(0.79, 1.0), score(0.80, 0.5)).promote
+    assert decide(score(0.79, 1.0), score(0.80, 0.5), tolerance=0.02).promote
+    rejected = decide(score(0.9, 0.25), score(0.8, 0.5))
+    assert not rejected.promote and "corrected photos" in rejected.reason and "25.0%" in rejected.reason
+    assert decide(score(0.8, None), score(0.8, None)).promote  # nothing corrected held out: F1 decides
+
+
+def test_training_set_dedups_overrides_and_freezes_the_holdout(tmp_path):
+    base = tmp_path / "base"
+    for name, index in (("배추김치", 0), ("깍두기", 4)):
+        (base / name).mkdir(parents=True)
+        for i in range(12):
+            draw(index, (64, 48), seed=i).save(base / name / f"{i}.jpg")
+    items, _ = collect_items(base, [])
+    relabel = next(sha for sha, item in items.items() if item.label == "배추김치" and holdout_side(sha, 20) == "train")
+    fix = tmp_path / "c.jpg"
+    shutil.copy(items[relabel].path, fix)
+    items, overridden = collect_items(base, [{"sha256": relabel, "corrected_label": "백김치", "path": str(fix)}])
+    assert overridden == 1 and items[relabel].label == "백김치" and len(items) == 24  # one image, once
+    first = build_training_set(tmp_path / "run1", items, {}, 20, tmp_path / "cache", 100)
+    decided = {sha: side for sha, side, _ in first.new_splits}
+    assert set(decided) == set(items) and "holdout" in decided.values()
+    holdout = [json.loads(l)["sha256"] for l in first.holdout_file.read_text().splitlines()]
+    assert sorted(holdout) == sorted(s for s, side in decided.items() if side == "holdout")
+    assert (first.train_dir / "백김치" / f"{relabel}.jpg").is_file()
+    # A later run with a different share keeps every earlier decision: the holdout stays frozen.
+    second = build_training_set(tmp_path / "run2", items, decided, 50, tmp_path / "cache", 100)
+    assert second.new_splits == [] and second.holdout_counts == first.holdout_counts
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+async def test_retrain_promotes_a_better_model_and_serves_it_live(world, fake):
+    """photos + /correct → /retrain → counts, progress, photos answered meanwhile, one at a time →
+    table, confusion PNG, decision by the rule → later replies name the new version."""
+    registry = world.registry
+    bad = publish_relabelled(registry, "v1")
+    registry.promote(bad)  # a confidently wrong model serves: a fresh one must beat it
+    admin, people = user(ADMIN, "en"), [user(5000 + i) for i in range(4)]
+    async with running_bot(world.home, fake, **RETRAIN):
+        await correct_some(fake, people, lambda i: ("배추김치", "오이소박이", "파김치", "열무김치")[i % 4])
+        mark = len(fake.calls)
+        await fake.send_text(admin, "/retrain")
+        counts = (await fake.wait_for(lambda c: c.method == "sendMessage" and "Training data per class" in
+                                      c.params.get("text", "")))[0].params["text"]
+        await fake.send_text(admin, "/retrain")
+        refused = (await fake.wait_for(lambda c: c.method == "sendMessage" and "already running" in
+                                       c.params.get("text", "")))[0]
+        during = await fake.send_photo(people[0], photo(1, 999))
+        answered_during = await fake.reply_to(during, timeout=60)
+        running_then = rows(world.home, "SELECT status FROM retrain_runs")[0]["status"]
+        await fake.send_text(admin, "/retrain status")
+        await fake.wait_for(lambda c: c.method == "sendMessage" and "Retrain #1" in c.params.get("text", ""))
+        decision = (await fake.wait_for(lambda c: c.method == "sendMessage" and (
+            "Promoted" in c.params.get("text", "") or "did not promote" in c.params.get("text", "")), timeout=240))[0]
+        after = await fake.send_photo(people[1], photo(2, 1000))
+        answer_after = await fake.reply_to(after)
+    assert "배추김치:" in counts and "frozen holdout" in counts and "4 from users" in counts
+    assert running_then == "running" and "%" in answered_during.params["text"]
+    assert "one at a time" in refused.params["text"]
+    edits = [c for c in fake.calls[mark:] if c.method == "editMessageText" and "epoch" in c.params.get("text", "")]
+    assert edits and "▓" in edits[-1].params["text"] and "accuracy" in edits[-1].params["text"]
+    table = next(c for c in fake.calls[mark:] if c.method == "sendMessage" and "<pre>" in c.params.get("text", ""))
+    assert "macro F1" in table.params["text"] and "per-class F1" in table.params["text"]
+    (png,) = [c for c in fake.calls[mark:] if c.method == "sendPhoto"]
+    assert png.files["photo"][:8] == b"\x89PNG\r\n\x1a\n" and len(png.files["photo"]) > 10_000
+
+    (run,) = rows(world.home, "SELECT * FROM retrain_runs")
+    compare = json.loads(run["metrics_json"])
+    expected = decide(HoldoutScore.from_dict(compare["candidate"]), HoldoutScore.from_dict(compare["current"]))
+    assert expected.promote and "Promoted v3" in decision.params["text"] and expected.reason in decision.params["text"]
+    assert run["status"] == "promoted" and run["candidate"] == "v3" and run["baseline"] == bad
+    assert run["duration_s"] > 0 and json.loads(run["counts_json"])["corrections"] == 4
+    assert registry.current() == "v3"
+    assert rows(world.home, "SELECT model_version FROM predictions ORDER BY id DESC LIMIT 1")[0][0] == "v3"
+    assert "%" in answer_after.params["text"]
+
+
+async def test_retrain_keeps_a_worse_model_with_the_reason(world, fake):
+    admin = user(ADMIN, "en")
+    weak = TINY.replace("--epochs 1 --freeze-epochs 1", "--epochs 0 --freeze-epochs 1 --no-pretrained --base-lr 1e-6")
+    async with running_bot(world.home, fake, **{**RETRAIN, "KIMCHI_TRAIN_ARGS": weak}):
+        await fake.send_text(admin, "/retrain")
+        decision = (await fake.wait_for(lambda c: c.method == "sendMessage" and (
+            "Promoted" in c.params.get("text", "") or "did not promote" in c.params.get("text", "")), timeout=240))[0]
+    assert "Kept v2 but did not promote it: worse: macro-F1" in decision.params["text"]
+    assert world.registry.current() == "v1" and "v2" in world.registry.versions()
+    (run,) = rows(world.home, "SELECT status, decision, reason FROM retrain_runs")
+    assert run["status"] == "rejected" and run["decision"] == "keep" and run["reason"].startswith("worse")
+
+
+async def test_refusals_cancel_and_a_killed_trainer(world, fake):
+    admin, guest = user(ADMIN, "en"), user(5100)
+    async with running_bot(world.home, fake, **{**RETRAIN, "KIMCHI_RETRAIN_MIN_PER_CLASS": "1000"}):
+        await fake.send_text(admin, "/retrain")
+        too_few = (await fake.wait_for(lambda c: "Cannot retrain" in c.params.get("text", "")))[0]
+    assert "fewer than 1000" in too_few.params["text"] and "배추김치" in too_few.params["text"]
+
+    async with running_bot(world.home, fake, **RETRAIN):
+        await fake.send_text(admin, "/retrain")
+        await fake.wait_for(lambda c: "Starting the retrain" in c.params.get("text", ""))
+        await asyncio.sleep(1.0)
+        await fake.send_text(admin, "/retrain cancel")
+        cancelled = (await fake.wait_for(lambda c: "was cancelled" in c.params.get("text", ""), timeout=60))[0]
+
+        await fake.send_text(admin, "/retrain")
+        await fake.wait_for(lambda c: "Starting the retrain" in c.params.get("text", ""), count=2)
+        pid = None
+        for _ in range(100):
+            pid = rows(world.home, "SELECT pid FROM retrain_runs ORDER BY id DESC LIMIT 1")[0]["pid"]
+            if pid:
+                break
+            await asyncio.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)  # as the kernel's OOM killer would
+        failed = (await fake.wait_for(lambda c: "The retrain failed" in c.params.get("text", ""), timeout=60))[0]
+        still = await fake.send_photo(guest, photo(0, 1234))
+        still_answered = await fake.reply_to(still)
+    assert "Retrain #2" in cancelled.params["text"]
+    assert "SIGKILL" in failed.params["text"] and "keeps serving" in failed.params["text"]
+    assert "%" in still_answered.params["text"]
+    statuses = [r["status"] for r in rows(world.home, "SELECT status FROM retrain_runs ORDER BY id")]
+    assert statuses == ["refused", "cancelled", "failed"]
+    assert world.registry.current() == "v1" and world.registry.versions() == ["v1"]
+
+
+async def test_promote_and_rollback_swap_live(world, fake):
+    admin, guest = user(ADMIN, "en"), user(5200)
+    v2 = publish_relabelled(world.registry, "v1")
+    async with running_bot(world.home, fake):
+        await fake.send_text(admin, f"/promote {v2}")
+        promoted = (await fake.wait_for(lambda c: "now serves" in c.params.get("text", "")))[0]
+        first = await fake.send_photo(guest, photo(0, 1300))
+        on_v2 = await fake.reply_to(first)
+        await fake.send_text(admin, "/rollback")
+        rolled = (await fake.wait_for(lambda c: "Rolled back" in c.params.get("text", "")))[0]
+        second = await fake.send_photo(guest, photo(0, 1300))
+        on_v1 = await fake.reply_to(second)
+    assert promoted.params["text"] == "v2 now serves (was v1)." and rolled.params["text"].startswith("Rolled back to v1")
+    versions = [r["model_version"] for r in rows(world.home, "SELECT model_version FROM predictions ORDER BY id")]
+    assert versions == ["v2", "v1"]
+    assert on_v1.params["text"].startswith("배추김치") and not on_v2.params["text"].startswith("배추김치")
+
+
+async def test_bot_killed_mid_retrain_leaves_everything_consistent(world, fake, tmp_path):
+    """kill -9 of the whole bot mid-run: the trainer dies with it, `current` still serves, only complete
+    versions are listed, the database is intact, and the next start marks the run failed."""
+    admin = user(ADMIN, "en")
+    process = spawn_bot(world.home, fake, tmp_path, **RETRAIN)
+    try:
+        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=90)
+        await fake.send_text(admin, "/retrain")
+        await fake.wait_for(lambda c: "Starting the retrain" in c.params.get("text", ""), timeout=60)
+        pid = None
+        for _ in range(200):
+            pid = rows(world.home, "SELECT pid FROM retrain_runs")[0]["pid"]
+            if pid:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # the trainer is importing or training now
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        for _ in range(100):  # PR_SET_PDEATHSIG: the trainer follows its parent
+            if not os.path.exists(f"/proc/{pid}") or b"training.cli" not in open(f"/proc/{pid}/cmdline", "rb").read():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the trainer outlived the bot")
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert rows(world.home, "SELECT status FROM retrain_runs")[0]["status"] == "running"
+    async with running_bot(world.home, fake):
+        guest = user(5300)
+        sent = await fake.send_photo(guest, photo(0, 1400))
+        answer = await fake.reply_to(sent)
+    (run,) = rows(world.home, "SELECT status, reason FROM retrain_runs")
+    assert run["status"] == "failed" and "bot stopped" in run["reason"]
+    assert world.registry.current() == "v1" and world.registry.versions() == ["v1"]
+    assert not [p for p in world.home.models.iterdir() if p.name.startswith(".staging")]
+    con = sqlite3.connect(world.home.database)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert answer.params["text"].startswith("배추김치")
