@@ -253,7 +253,8 @@ def cmd_experiments(args: argparse.Namespace, home: Home) -> int:
 
     home.ensure()
     out = run_grid(Path(args.config).expanduser(), home, out=Path(args.out).expanduser() if args.out else None,
-                   force=args.force, only=args.only)
+                   force=args.force, only=args.only, source=Path(args.source).expanduser() if args.source else None,
+                   tta=args.tta)
     print(out / "results.md")
     return 0
 
@@ -338,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default KIMCHI_HOME/experiments/<config name>)")
     p.add_argument("--force", action="store_true", help="re-run finished runs too")
     p.add_argument("--only", action="append", metavar="RUN", help="run only this run (repeatable)")
+    p.add_argument("--source", help="AI Hub folders to import for the grid (overrides [defaults] source)")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation accuracy")
     p.set_defaults(func=cmd_experiments)
     return parser
 

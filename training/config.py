@@ -57,6 +57,10 @@ class Recipe:
             problems.append(f"min_scale must lie in (0, 1], not {self.min_scale}")
         if self.bs < 1:
             problems.append("bs must be at least 1")
+        if self.channels_last not in ("auto", "on", "off"):
+            problems.append(f"channels_last must be auto, on or off, not {self.channels_last}")
+        if self.early_stop is not None and self.early_stop < 1:
+            problems.append("early_stop must be at least 1 epoch")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             problems.append(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision}")
         if self.base_lr <= 0 or self.lr_max <= 0:

@@ -38,6 +38,9 @@ def use_korean_font() -> str | None:
     for extra in sorted(path.parent.glob("NanumGothic*.ttf")):
         font_manager.fontManager.addfont(str(extra))  # Bold too, for titles
     name = font_manager.FontProperties(fname=str(path)).get_name()
-    matplotlib.rcParams["font.family"] = name
+    # DejaVu Sans first, NanumGothic for what it lacks (Hangul): matplotlib falls back per glyph in text,
+    # and mathtext (log-axis ticks use U+2212) takes the first family, which NanumGothic would fail.
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", name]
+    matplotlib.rcParams["mathtext.fontset"] = "dejavusans"
     matplotlib.rcParams["axes.unicode_minus"] = False
     return name
