@@ -74,6 +74,10 @@ def build_application(settings: Settings) -> Application:
            .base_file_url(settings.file_url)
            .rate_limiter(AIORateLimiter(max_retries=2))
            .concurrent_updates(256)
+           # PTB's default is one connection for all Bot API calls: with concurrent updates, every
+           # getFile, download and sendMessage would queue behind one another.
+           .connection_pool_size(64)
+           .pool_timeout(30)
            .post_init(on_start)
            .post_stop(on_stop)
            .post_shutdown(on_shutdown)

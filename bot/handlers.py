@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from datetime import timedelta
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
@@ -102,6 +103,7 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         await message.reply_text(say("download_failed", lang), do_quote=True)
         return
     prediction: Prediction | None
+    started = time.perf_counter()
     try:
         prediction = await svc.classifier.classify(data)
     except NoModel:
@@ -115,6 +117,10 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
     except EngineCrashed:
         await message.reply_text(say("engine_failed", lang), do_quote=True)
         return
+    finally:
+        engine_ms = 1000 * (time.perf_counter() - started)
+    log.info("photo %s: %s (engine %.2f ms)", file_unique_id,
+             f"{prediction.label} {prediction.confidence:.2f} {prediction.version}" if prediction else "no model", engine_ms)
     record = await svc.store.record_prediction(PredictionRecord(
         chat_id=message.chat_id, user_id=user.id if user else None, message_id=message.message_id, file_id=file_id,
         file_unique_id=file_unique_id, sha256=hashlib.sha256(data).hexdigest(),

@@ -37,7 +37,7 @@ def setup_logging(log_file: Path | None, console_level: int = logging.WARNING,
             log_file.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_file, encoding="utf-8")
             handler._kimchi = True  # type: ignore[attr-defined]
-            handler.setLevel(logging.INFO)
+            handler.setLevel(min(logging.INFO, console_level))
             handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
             root.addHandler(handler)
         except OSError:

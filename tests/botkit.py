@@ -49,10 +49,14 @@ async def running_bot(home: Home, fake: FakeTelegram, **extra: str) -> AsyncIter
 
 
 def spawn_bot(home: Home, fake: FakeTelegram, cwd: Path, **extra: str) -> subprocess.Popen:
-    """`python -m bot.app` (what the kimchi-bot script runs) with the given settings in its environment."""
+    """`python -m bot.app` (what the kimchi-bot script runs) with the given settings in its environment.
+
+    Its output goes to cwd/bot.out (a file, not a pipe nobody drains, which would block a chatty bot).
+    """
     env = {**os.environ, **bot_env(home, fake, **extra), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bot.app"], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    output = open(Path(cwd) / "bot.out", "w")
+    return subprocess.Popen([sys.executable, "-m", "bot.app"], cwd=cwd, env=env, stdout=output,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def rows(home: Home, sql: str, args: tuple = ()) -> list[sqlite3.Row]:

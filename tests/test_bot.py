@@ -285,7 +285,7 @@ async def test_sigterm_finishes_photos_in_flight_and_exits_zero(trained_copy, fa
     finally:
         if process.poll() is None:
             process.kill()
-    stderr = process.stderr.read()
+    stderr = (tmp_path / "bot.out").read_text()
     assert code == 0, stderr[-2000:]
     assert all(PERCENT.search(a.params["text"]) for a in answers)
     assert len(rows(trained_copy.home, "SELECT * FROM predictions")) == len(people)

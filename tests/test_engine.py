@@ -16,32 +16,7 @@ from models.engine import Classifier, EngineConfig, orient_chw
 from models.errors import Busy, EngineCrashed, ImageRejected, NoModel
 from models.preprocess import decode_rgb
 from models.registry import Registry
-from tests.imagegen import draw, encode
-
-
-def _varied_images(n: int) -> list[bytes]:
-    """Sizes from 40 px to 1280x960, aspect ratios up to 4:1, all EXIF orientations, JPEG/PNG/WEBP, grey."""
-    sizes = [(1280, 960), (960, 1280), (640, 480), (200, 150), (150, 200), (400, 100), (100, 400), (333, 777),
-             (161, 161), (90, 60), (48, 40), (1000, 999), (513, 257)]
-    out = []
-    for i in range(n):
-        img = draw(i % 4, sizes[i % len(sizes)], seed=500 + i)
-        kind = i % 6
-        if kind == 0:
-            exif = Image.Exif()
-            exif[0x0112] = 1 + (i // 6) % 8
-            out.append(encode(img, "JPEG", quality=90, exif=exif))
-        elif kind == 1:
-            out.append(encode(img, "PNG"))
-        elif kind == 2:
-            out.append(encode(img, "WEBP", quality=90))
-        elif kind == 3:
-            out.append(encode(img.convert("L").convert("RGB"), "JPEG", quality=85))
-        elif kind == 4:
-            out.append(encode(img, "JPEG", quality=70, progressive=True))
-        else:
-            out.append(encode(img, "JPEG", quality=95, subsampling=0))
-    return out
+from tests.imagegen import draw, encode, varied_images
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +26,7 @@ def parity_reference(trained):
     from fastai.vision.core import PILImage
 
     learn = load_learner(trained.registry.path(trained.version) / "learner.pkl")
-    images = _varied_images(216)
+    images = varied_images(216)
     probs = []
     with learn.no_bar():
         for data in images:

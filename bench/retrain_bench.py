@@ -1,0 +1,138 @@
+"""Retrain turnaround.
+
+    python bench/retrain_bench.py --mode bot
+        This CPU, the tiny config, through the real bot and a fake Bot API: from the admin's /retrain to the
+        decision message (training set, trainer subprocess, holdout comparison, promotion, live swap).
+
+    python bench/retrain_bench.py --mode trainer --classes 11 --per-class 500
+        The blog's config (resnet18, fine_tune(5, freeze_epochs=1)) on synthetic 1280x960 photos, driven the
+        way /retrain drives it, without Telegram: the set is presized once at import (the cache), then
+        training set -> `kimchi-train train --progress json --holdout` -> rule -> promote.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, report, trained_model  # noqa: E402
+
+
+async def bot_mode(home_dir: Path) -> dict:
+    from models.home import Home
+    from models.labels import CLASS_NAMES
+    from tests.botkit import ADMIN, TOKEN, running_bot
+    from tests.imagegen import draw, encode, make_dataset
+    from tests.telegram_fake import FakeTelegram, user
+    from training.dataset import import_dataset
+
+    home = Home(home_dir).ensure()
+    trained_model(home.root, arch="efficientnet_lite0", size=64, presize=160, epochs=1)
+    make_dataset(home.root / "src", classes=4, per_class=30, size=(200, 150))
+    import_dataset(home.root / "src", home.base, presize=160, workers=1)
+    fake = await FakeTelegram(TOKEN).start()
+    tiny = "--arch efficientnet_lite0 --size 64 --presize 160 --epochs 1 --freeze-epochs 1 --bs 16 --workers 0"
+    try:
+        async with running_bot(home, fake, KIMCHI_TRAIN_ARGS=tiny, KIMCHI_RETRAIN_MIN_PER_CLASS="5",
+                               KIMCHI_HOLDOUT_PCT="20"):
+            people = [user(100 + i) for i in range(4)]
+            for i, person in enumerate(people):
+                sent = await fake.send_photo(person, encode(draw(i, (640, 480), seed=900 + i)))
+                await fake.reply_to(sent)
+                await fake.reply_to(await fake.send_text(person, f"/correct {CLASS_NAMES[i]}"))
+            started = time.monotonic()
+            await fake.send_text(user(ADMIN, "en"), "/retrain")
+            counts = (await fake.wait_for(lambda c: "Training data" in c.params.get("text", "")))[0]
+            decision = (await fake.wait_for(lambda c: "Promoted" in c.params.get("text", "")
+                                            or "did not promote" in c.params.get("text", ""), timeout=600))[0]
+    finally:
+        await fake.stop()
+    return {"mode": "bot", "config": tiny, "to_counts_s": round(counts.at - started, 2),
+            "to_decision_s": round(decision.at - started, 2), "decision": decision.params["text"].splitlines()[0]}
+
+
+def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> dict:
+    from bot.retrain import build_training_set, collect_items
+    from models.home import Home
+    from models.promotion import HoldoutScore, decide
+    from models.registry import Registry
+    from train_bench import make_photos
+    from training.dataset import import_dataset
+
+    home = Home(work / "home").ensure()
+    raw = work / "raw"
+    timings: dict[str, float] = {}
+    if not raw.exists():
+        t = time.perf_counter()
+        make_photos(raw, classes, per_class)
+        timings["make_photos_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    import_dataset(raw, home.base, presize=460)
+    timings["import_presize_s"] = round(time.perf_counter() - t, 1)
+
+    started = time.perf_counter()
+    items, _ = collect_items(home.base, [])
+    tset = build_training_set(home.runs / "run-bench", items, {}, 10, home.cache, 460)
+    timings["training_set_s"] = round(time.perf_counter() - started, 1)
+    cmd = [sys.executable, "-m", "training.cli", "--home", str(home.root), "train", str(tset.train_dir),
+           "--progress", "json", "--holdout", str(tset.holdout_file), "--report-dir", str(tset.run_dir),
+           "--no-pretrained", *extra]
+    events, first_epoch, spawned, first_event = [], None, time.perf_counter(), None
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("{"):
+            event = json.loads(line)
+            events.append(event)
+            first_event = first_event or time.perf_counter()
+            if event["stage"] == "epoch":
+                if first_epoch is None:
+                    first_epoch = time.perf_counter()
+                print(f"  epoch {event['epoch']}/{event['total']} valid_loss {event['valid_loss']:.3f} "
+                      f"at {event['elapsed']:.1f} s", flush=True)
+    process.wait()
+    if process.returncode != 0:
+        raise SystemExit(f"trainer failed with {process.returncode}")
+    compare = next(e for e in events if e["stage"] == "compare")
+    done = next(e for e in events if e["stage"] == "done")
+    registry = Registry(home.models)
+    current = HoldoutScore.from_dict(compare["current"]) if compare.get("current") else None
+    decision = decide(HoldoutScore.from_dict(compare["candidate"]), current)
+    if decision.promote:
+        registry.promote(done["version"], reason="bench")
+    total = time.perf_counter() - started
+    start_event = next(e for e in events if e["stage"] == "start")
+    return {"mode": "trainer", "images": classes * per_class, "n_train": start_event["n_train"],
+            "n_valid": start_event["n_valid"], "holdout": compare["n"], "device": start_event["device"],
+            "mixed_precision": start_event["mixed_precision"], **timings,
+            "trainer_startup_s": round(first_event - spawned, 1), "train_time_s": done["train_time_s"],
+            "to_promoted_s": round(total, 1), "promoted": decision.promote, "current": registry.current(),
+            "holdout_accuracy": compare["candidate"]["accuracy"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["bot", "trainer"], default="bot")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--per-class", type=int, default=30)
+    parser.add_argument("--work", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("extra", nargs="*", help="extra kimchi-train train arguments (after --)")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="kimchi-retrain-bench-"))
+    if args.mode == "bot":
+        result = asyncio.run(bot_mode(work))
+    else:
+        result = trainer_mode(work, args.classes, args.per_class, args.extra)
+    result["machine"] = machine()
+    print(json.dumps(result, ensure_ascii=False, indent=1))
+    report(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
