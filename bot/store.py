@@ -278,10 +278,6 @@ class Store:
         if old.parent.exists():
             fsync_dir(old.parent)
 
-    async def corrections_rows(self) -> list[dict[str, Any]]:
-        async with self.db.execute("SELECT * FROM corrections ORDER BY id") as cur:
-            return [dict(r) for r in await cur.fetchall()]
-
     # -- retraining ------------------------------------------------------------------------------
     async def splits(self) -> dict[str, str]:
         async with self.db.execute("SELECT sha256, split FROM splits") as cur:

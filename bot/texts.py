@@ -161,7 +161,3 @@ def class_list(lang: str) -> str:
     if lang == KO:
         return "\n".join(f"• {c.name} ({c.roman}) — {c.gloss}" for c in CLASSES)
     return "\n".join(f"• {c.name} — {c.roman}, {c.gloss}" for c in CLASSES)
-
-
-def class_names_inline() -> str:
-    return ", ".join(c.name for c in CLASSES)

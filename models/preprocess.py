@@ -219,9 +219,3 @@ def to_batch(squares: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     if x.shape[0] <= 2 and x.shape[-1] == x.shape[-2]:
         return normalize(fast_batch_resize(x, pre.size), pre)
     return normalize(batch_resize(x, pre.size), pre)
-
-
-def preprocess_bytes(data: bytes, pre: Preprocessing, limits: ImageLimits = ImageLimits(), draft: bool = True) -> np.ndarray:
-    """Bytes to the presized uint8 square (P,P,3), on the CPU."""
-    img = decode_rgb(data, limits, draft_to=pre.presize if draft else None)
-    return presize_array(img, pre.presize)
