@@ -1,6 +1,7 @@
 """One small async function per user action. Prose comes from bot.texts; work from the store and the engine."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -14,7 +15,7 @@ from bot.services import Services, admin_only, lang_of, services
 from bot.store import Correction, PredictionRecord
 from bot.texts import class_list, kimchi_name, percent, result_line, say
 from models.errors import Busy, EngineCrashed, ImageRejected, KimchiError, NoModel, UnknownLabel
-from models.labels import CLASSES, by_id, by_name, match
+from models.labels import CLASSES, by_id, match
 from models.types import Prediction
 
 log = logging.getLogger(__name__)
@@ -24,21 +25,24 @@ IMAGE_MIME_TYPES = {"image/jpeg", "image/png", "image/webp"}
 
 
 # ---------------------------------------------------------------------------------------------
-# keyboards (callback data: short ids, never labels; well under Telegram's 64 bytes)
+# keyboards. Callback data holds short ids, never labels (well under Telegram's 64 bytes): the id of
+# the user's photo message, which with the chat identifies the prediction, and a class's short id.
+# Being known before the prediction is stored, it lets the reply go out first and the row follow in
+# one write.
 
-def answer_keyboard(prediction_id: int, lang: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_ok", lang), callback_data=f"ok:{prediction_id}"),
-                                  InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{prediction_id}")]])
+def answer_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_ok", lang), callback_data=f"ok:{photo_message_id}"),
+                                  InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{photo_message_id}")]])
 
 
-def classes_keyboard(prediction_id: int, lang: str) -> InlineKeyboardMarkup:
-    buttons = [InlineKeyboardButton(kimchi_name(c.name, lang), callback_data=f"set:{prediction_id}:{c.id}")
+def classes_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
+    buttons = [InlineKeyboardButton(kimchi_name(c.name, lang), callback_data=f"set:{photo_message_id}:{c.id}")
                for c in CLASSES]
     return InlineKeyboardMarkup([buttons[i:i + 3] for i in range(0, len(buttons), 3)])
 
 
-def fix_again_keyboard(prediction_id: int, lang: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{prediction_id}")]])
+def fix_again_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{photo_message_id}")]])
 
 
 def answer_text(prediction: Prediction | None, threshold: float, lang: str) -> str:
@@ -103,6 +107,7 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         await message.reply_text(say("download_failed", lang), do_quote=True)
         return
     prediction: Prediction | None
+    digest = asyncio.create_task(asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()))  # beside the engine
     started = time.perf_counter()
     try:
         prediction = await svc.classifier.classify(data)
@@ -121,15 +126,14 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         engine_ms = 1000 * (time.perf_counter() - started)
     log.info("photo %s: %s (engine %.2f ms)", file_unique_id,
              f"{prediction.label} {prediction.confidence:.2f} {prediction.version}" if prediction else "no model", engine_ms)
-    record = await svc.store.record_prediction(PredictionRecord(
-        chat_id=message.chat_id, user_id=user.id if user else None, message_id=message.message_id, file_id=file_id,
-        file_unique_id=file_unique_id, sha256=hashlib.sha256(data).hexdigest(),
-        label=prediction.label if prediction else None, confidence=prediction.confidence if prediction else None,
-        top=prediction.top if prediction else (), model_version=prediction.version if prediction else None))
-    keyboard = answer_keyboard(record.id, lang) if prediction else classes_keyboard(record.id, lang)
+    keyboard = answer_keyboard(message.message_id, lang) if prediction else classes_keyboard(message.message_id, lang)
     reply = await message.reply_text(answer_text(prediction, svc.settings.confidence_threshold, lang),
                                      reply_markup=keyboard, do_quote=True)
-    await svc.store.set_reply_message(record.id, reply.message_id)
+    await svc.store.record_prediction(PredictionRecord(
+        chat_id=message.chat_id, user_id=user.id if user else None, message_id=message.message_id, file_id=file_id,
+        file_unique_id=file_unique_id, sha256=await digest, reply_message_id=reply.message_id,
+        label=prediction.label if prediction else None, confidence=prediction.confidence if prediction else None,
+        top=prediction.top if prediction else (), model_version=prediction.version if prediction else None))
 
 
 async def download(context: ContextTypes.DEFAULT_TYPE, file_id: str, file_unique_id: str | None) -> bytes | None:
@@ -245,7 +249,9 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     query = update.callback_query
     lang = lang_of(update)
     parts = (query.data or "").split(":")
-    prediction = await svc.store.get_prediction(int(parts[1])) if len(parts) >= 2 and parts[1].isdigit() else None
+    prediction = None
+    if len(parts) >= 2 and parts[1].isdigit() and query.message is not None:
+        prediction = await svc.store.prediction_for_message(query.message.chat_id, int(parts[1]))
     if prediction is None:
         await query.answer(say("expired", lang), show_alert=True)
         return
@@ -256,7 +262,7 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     action = parts[0]
     if action == "fix":
         await query.answer()
-        await query.edit_message_reply_markup(classes_keyboard(prediction.id, lang))
+        await query.edit_message_reply_markup(classes_keyboard(prediction.message_id, lang))
         return
     if action == "ok" and prediction.label:
         label, confirmed = prediction.label, True
@@ -271,7 +277,7 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if query.message is not None:
         original = query.message.text or ""
         base = original.split("\n\n✓ ")[0]
-        await query.edit_message_text(f"{base}\n\n✓ {reply}", reply_markup=fix_again_keyboard(prediction.id, lang))
+        await query.edit_message_text(f"{base}\n\n✓ {reply}", reply_markup=fix_again_keyboard(prediction.message_id, lang))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,14 +197,6 @@ class Store:
             await self.db.commit()
         return PredictionRecord(**{**p.__dict__, "id": cur.lastrowid, "created_at": created})
 
-    async def set_reply_message(self, prediction_id: int, reply_message_id: int) -> None:
-        async with self._write_lock:
-            await self.db.execute("UPDATE predictions SET reply_message_id=? WHERE id=?", (reply_message_id, prediction_id))
-            await self.db.commit()
-
-    async def get_prediction(self, prediction_id: int) -> PredictionRecord | None:
-        return await self._one("SELECT * FROM predictions WHERE id=?", (prediction_id,))
-
     async def prediction_for_message(self, chat_id: int, message_id: int) -> PredictionRecord | None:
         """The prediction whose photo, or whose answer, is this message."""
         return await self._one("SELECT * FROM predictions WHERE chat_id=? AND (message_id=? OR reply_message_id=?)"

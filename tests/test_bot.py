@@ -1,14 +1,12 @@
 """The bot end to end: real PTB over real HTTP to a fake Bot API on 127.0.0.1, a real SQLite file, real images."""
 import asyncio
 import re
-import shutil
 import signal
 
 import pytest
 
 from bot.app import main as bot_main
-from models.registry import Registry
-from tests.botkit import ADMIN, TOKEN, bot_env, buttons, rows, running_bot, spawn_bot
+from tests.botkit import ADMIN, TOKEN, buttons, rows, running_bot, spawn_bot
 from tests.imagegen import draw, encode
 from tests.telegram_fake import FakeTelegram, user
 

@@ -2,9 +2,6 @@
 import subprocess
 import sys
 import urllib.error
-from pathlib import Path
-
-import pytest
 
 from models.registry import Registry
 from tests.imagegen import make_dataset

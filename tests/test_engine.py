@@ -1,7 +1,6 @@
 """The batched engine: parity with fastai, bad input per image, micro-batching, Busy, swap, crash recovery."""
 import asyncio
 import io
-import json
 import shutil
 import struct
 import zlib
@@ -11,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from models.artifact import META
 from models.engine import Classifier, EngineConfig, orient_chw
 from models.errors import Busy, EngineCrashed, ImageRejected, NoModel
 from models.preprocess import decode_rgb
 from models.registry import Registry
 from tests.imagegen import draw, encode, varied_images
+from tests.modelkit import publish_relabelled
 
 
 @pytest.fixture(scope="module")
@@ -146,20 +145,9 @@ async def test_async_bad_image_raises_image_rejected(trained):
     assert err.value.reason == "empty" and good.label == "오이소박이"
 
 
-def _publish_relabelled_copy(registry: Registry, version: str) -> str:
-    """The same weights with the vocabulary reversed: its answers show which version produced them."""
-    staging = registry.staging()
-    shutil.rmtree(staging)
-    shutil.copytree(registry.path(version), staging)
-    meta = json.loads((staging / META).read_text(encoding="utf-8"))
-    meta["vocab"] = list(reversed(meta["vocab"]))
-    (staging / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-    return registry.publish(staging)
-
-
 async def test_swap_between_batches_without_failures(trained_copy):
     registry = trained_copy.registry
-    v2 = _publish_relabelled_copy(registry, "v1")
+    v2 = publish_relabelled(registry, "v1")
     vocab = registry.meta("v1").vocab
     classifier = Classifier(registry, "v1", EngineConfig(device="cpu", max_batch=4, max_wait_ms=5))
     images = [encode(draw(i % 4, (160, 120), seed=i)) for i in range(48)]

@@ -2,7 +2,6 @@
 import random
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
 from models.archs import imagenet_backbone

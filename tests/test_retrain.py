@@ -9,12 +9,11 @@ import time
 
 import pytest
 
-from bot.retrain import Item, build_training_set, collect_items, holdout_side
-from models.artifact import META
+from bot.retrain import build_training_set, collect_items, holdout_side
 from models.promotion import HoldoutScore, decide
-from models.registry import Registry
 from tests.botkit import ADMIN, TOKEN, rows, running_bot, spawn_bot
 from tests.imagegen import draw, encode
+from tests.modelkit import publish_relabelled
 from tests.telegram_fake import FakeTelegram, user
 from training.dataset import import_dataset
 
@@ -37,29 +36,19 @@ def world(trained_copy):
     return trained_copy
 
 
-def publish_relabelled(registry: Registry, version: str) -> str:
-    """v1's weights with the vocabulary reversed: a model that is confidently wrong."""
-    staging = registry.staging()
-    shutil.rmtree(staging)
-    shutil.copytree(registry.path(version), staging)
-    meta = json.loads((staging / META).read_text(encoding="utf-8"))
-    meta["vocab"] = list(reversed(meta["vocab"]))
-    (staging / META).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-    return registry.publish(staging)
-
-
 def photo(cls: int, seed: int) -> bytes:
     return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
 
 
-async def send_command(fake, who, text):
-    msg = await fake.send_text(who, text)
-    return msg
-
-
-async def admin_texts(fake, since: int = 0) -> list[str]:
-    return [c.params.get("text", "") for c in fake.calls[since:] if c.method == "sendMessage"
-            and int(c.params["chat_id"]) == ADMIN]
+async def trainer_pid(home, timeout: float = 20.0) -> int:
+    """The pid the bot recorded for the newest retrain's trainer, once it has one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = rows(home, "SELECT pid FROM retrain_runs ORDER BY id DESC LIMIT 1")[0]["pid"]
+        if pid:
+            return pid
+        await asyncio.sleep(0.1)
+    raise AssertionError("the retrain never recorded a trainer pid")
 
 
 async def correct_some(fake, people, label_of):
@@ -191,12 +180,7 @@ async def test_refusals_cancel_and_a_killed_trainer(world, fake):
 
         await fake.send_text(admin, "/retrain")
         await fake.wait_for(lambda c: "Starting the retrain" in c.params.get("text", ""), count=2)
-        pid = None
-        for _ in range(100):
-            pid = rows(world.home, "SELECT pid FROM retrain_runs ORDER BY id DESC LIMIT 1")[0]["pid"]
-            if pid:
-                break
-            await asyncio.sleep(0.1)
+        pid = await trainer_pid(world.home)
         os.killpg(pid, signal.SIGKILL)  # as the kernel's OOM killer would
         failed = (await fake.wait_for(lambda c: "The retrain failed" in c.params.get("text", ""), timeout=60))[0]
         still = await fake.send_photo(guest, photo(0, 1234))
@@ -236,12 +220,7 @@ async def test_bot_killed_mid_retrain_leaves_everything_consistent(world, fake, 
         await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=90)
         await fake.send_text(admin, "/retrain")
         await fake.wait_for(lambda c: "Starting the retrain" in c.params.get("text", ""), timeout=60)
-        pid = None
-        for _ in range(200):
-            pid = rows(world.home, "SELECT pid FROM retrain_runs")[0]["pid"]
-            if pid:
-                break
-            await asyncio.sleep(0.1)
+        pid = await trainer_pid(world.home)
         await asyncio.sleep(3)  # the trainer is importing or training now
         process.send_signal(signal.SIGKILL)
         process.wait(30)

@@ -71,7 +71,6 @@ def test_safe_artifact_predicts_like_learner_pkl(trained, tmp_path):
 
 
 def test_models_promote_and_rollback_commands(trained_copy, capsys):
-    from training.dataset import IMAGE_SUFFIXES  # noqa: F401  (the CLI imports it lazily too)
     from training.convert import import_fastai_export
 
     reg = trained_copy.registry

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from models.artifact import WEIGHTS, ModelMeta
 from models.errors import KimchiError
