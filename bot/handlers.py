@@ -1,7 +1,6 @@
 """One small async function per user action. Prose comes from bot.texts; work from the store and the engine."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -107,7 +106,6 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         await message.reply_text(say("download_failed", lang), do_quote=True)
         return
     prediction: Prediction | None
-    digest = asyncio.create_task(asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()))  # beside the engine
     started = time.perf_counter()
     try:
         prediction = await svc.classifier.classify(data)
@@ -131,7 +129,7 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
                                      reply_markup=keyboard, do_quote=True)
     await svc.store.record_prediction(PredictionRecord(
         chat_id=message.chat_id, user_id=user.id if user else None, message_id=message.message_id, file_id=file_id,
-        file_unique_id=file_unique_id, sha256=await digest, reply_message_id=reply.message_id,
+        file_unique_id=file_unique_id, sha256=hashlib.sha256(data).hexdigest(), reply_message_id=reply.message_id,
         label=prediction.label if prediction else None, confidence=prediction.confidence if prediction else None,
         top=prediction.top if prediction else (), model_version=prediction.version if prediction else None))
 
