@@ -37,7 +37,7 @@ from models.datafiles import IMAGE_SUFFIXES, jpeg_bytes, presized, read_manifest
 from models.errors import ImageRejected, KimchiError
 from models.labels import nfc
 from models.preprocess import decode_rgb
-from models.promotion import Decision, HoldoutScore, decide
+from models.promotion import Decision, TrainResult, decide
 
 log = logging.getLogger(__name__)
 
@@ -429,43 +429,35 @@ class RetrainManager:
             log.warning("could not edit the retrain progress message", exc_info=True)
 
     async def _conclude(self, run: Run) -> None:
-        done = next((e for e in reversed(run.events) if e.get("stage") == "done"), None)
-        compare = next((e for e in reversed(run.events) if e.get("stage") == "compare"), None)
-        if done is None or compare is None or compare.get("candidate") is None:
+        result = TrainResult.from_events(run.events)
+        if result is None:
             await self._finish(run, "failed", say("retrain_crashed", run.lang, reason="the trainer reported no result"))
             return
-        candidate = HoldoutScore.from_dict(compare["candidate"])
-        current = HoldoutScore.from_dict(compare["current"]) if compare.get("current") else None
-        decision = decide(candidate, current, self.svc.settings.promote_tolerance)
-        version = done["version"]
+        decision = decide(result.candidate, result.current, self.svc.settings.promote_tolerance)
         if decision.promote:
-            self.svc.registry.promote(version, reason=f"/retrain run {run.id}: {decision.reason}",
+            self.svc.registry.promote(result.version, reason=f"/retrain run {run.id}: {decision.reason}",
                                       by=str(run.admin_id))
-            await self.svc.classifier.aswap(version)
+            await self.svc.classifier.aswap(result.version)
         duration = time.monotonic() - run.started
-        await self._send_report(run, version, candidate, current, decision, done, compare, duration)
-        metrics = {"candidate": compare["candidate"], "current": compare.get("current"), "train": done.get("metrics")}
-        for side in ("candidate", "current"):
-            if metrics.get(side):
-                metrics[side] = {k: v for k, v in metrics[side].items() if k not in ("confusion",)}
+        await self._send_report(run, result, decision, duration)
         await self.svc.store.update_run(
             run.id, status="promoted" if decision.promote else "rejected", finished_at=stamp(),
-            duration_s=round(duration, 1), candidate=version, baseline=current.version if current else None,
-            metrics_json=json.dumps(metrics, ensure_ascii=False), decision="promote" if decision.promote else "keep",
+            duration_s=round(duration, 1), candidate=result.version,
+            baseline=result.current.version if result.current else None,
+            metrics_json=json.dumps(result.summary(), ensure_ascii=False), decision="promote" if decision.promote else "keep",
             reason=decision.reason, log_tail="\n".join(run.stderr_tail))
 
-    async def _send_report(self, run: Run, version: str, candidate: HoldoutScore, current: HoldoutScore | None,
-                           decision: Decision, done: dict, compare: dict, duration: float) -> None:
-        table = report_table(candidate, current, run.training_set, done, duration)
+    async def _send_report(self, run: Run, result: TrainResult, decision: Decision, duration: float) -> None:
+        table = report_table(result, run.training_set, duration)
         bot = self.app.bot
         try:
             await bot.send_message(run.chat_id, f"<pre>{html.escape(table)}</pre>", parse_mode="HTML")
-            png = compare.get("confusion_png")
-            if png and Path(png).is_file():
-                with open(png, "rb") as fh:
-                    await bot.send_photo(run.chat_id, fh, caption=say("retrain_confusion", run.lang, version=version))
+            if result.confusion_png and Path(result.confusion_png).is_file():
+                with open(result.confusion_png, "rb") as fh:
+                    await bot.send_photo(run.chat_id, fh,
+                                         caption=say("retrain_confusion", run.lang, version=result.version))
             key = "retrain_promoted" if decision.promote else "retrain_kept"
-            await bot.send_message(run.chat_id, say(key, run.lang, version=version, reason=decision.reason))
+            await bot.send_message(run.chat_id, say(key, run.lang, version=result.version, reason=decision.reason))
         except TelegramError:
             log.exception("could not send the retrain report")
 
@@ -519,9 +511,10 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else "-"
 
 
-def report_table(candidate: HoldoutScore, current: HoldoutScore | None, tset: TrainingSet, done: dict,
-                 duration: float) -> str:
+def report_table(result: TrainResult, tset: TrainingSet, duration: float) -> str:
     """Old against new, in text: overall figures, per-class F1 with deltas, data and time."""
+    candidate, current = result.candidate, result.current
+
     def row(name: str, new: float | None, old: float | None) -> str:
         delta = f"{new - old:+.3f}" if new is not None and old is not None else ""
         return f"{name:<16}{_num(old):>8}{_num(new):>8}{delta:>8}"
@@ -541,8 +534,7 @@ def report_table(candidate: HoldoutScore, current: HoldoutScore | None, tset: Tr
     lines += [f"holdout: {candidate.n} images (frozen)",
               f"training: {sum(tset.train_counts.values())} images, {tset.corrections} corrections "
               f"({tset.overridden} relabelled base images)",
-              f"kept epoch {done.get('kept_epoch')}; training {done.get('train_time_s', 0):.0f} s; "
-              f"whole run {duration:.0f} s"]
+              f"kept epoch {result.kept_epoch}; training {result.train_time_s:.0f} s; whole run {duration:.0f} s"]
     return "\n".join(lines)
 
 

@@ -31,6 +31,40 @@ class HoldoutScore:
 
 
 @dataclass(frozen=True)
+class TrainResult:
+    """What a `kimchi-train train --progress json --holdout` run reported: the version it published and
+    both models' scores on the holdout. Parsed once from the trainer's JSON lines."""
+
+    version: str
+    kept_epoch: int | None
+    train_time_s: float
+    valid_metrics: dict[str, Any]
+    candidate: HoldoutScore
+    current: HoldoutScore | None
+    confusion_png: str | None
+
+    @classmethod
+    def from_events(cls, events: list[dict[str, Any]]) -> "TrainResult | None":
+        """None unless the run got as far as publishing a version and scoring it."""
+        done = next((e for e in reversed(events) if e.get("stage") == "done"), None)
+        compare = next((e for e in reversed(events) if e.get("stage") == "compare"), None)
+        if done is None or compare is None or not compare.get("candidate"):
+            return None
+        return cls(version=done["version"], kept_epoch=done.get("kept_epoch"),
+                   train_time_s=float(done.get("train_time_s") or 0), valid_metrics=done.get("metrics") or {},
+                   candidate=HoldoutScore.from_dict(compare["candidate"]),
+                   current=HoldoutScore.from_dict(compare["current"]) if compare.get("current") else None,
+                   confusion_png=compare.get("confusion_png"))
+
+    def summary(self) -> dict[str, Any]:
+        """The figures kept in retrain_runs.metrics_json."""
+        from dataclasses import asdict
+
+        return {"candidate": asdict(self.candidate), "current": asdict(self.current) if self.current else None,
+                "valid": self.valid_metrics, "kept_epoch": self.kept_epoch, "train_time_s": self.train_time_s}
+
+
+@dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
