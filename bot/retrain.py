@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import html
 import json
 import logging
@@ -33,7 +32,7 @@ from bot.store import stamp
 from bot.services import admin_only, lang_of, services
 from bot.texts import say
 from models.artifact import fsync_write
-from models.datafiles import IMAGE_SUFFIXES, jpeg_bytes, presized, read_manifest
+from models.datafiles import file_sha256, image_files, jpeg_bytes, label_of, presized, read_manifest
 from models.errors import ImageRejected, KimchiError
 from models.labels import nfc
 from models.preprocess import decode_rgb
@@ -76,10 +75,6 @@ class TrainingSet:
     new_splits: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _sha_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def collect_items(base: Path, corrections: list[dict[str, Any]]) -> tuple[dict[str, Item], int]:
     """Base images (manifest, or the folders when there is none) and corrections, one per sha256.
 
@@ -94,9 +89,9 @@ def collect_items(base: Path, corrections: list[dict[str, Any]]) -> tuple[dict[s
             if path.is_file():
                 items[row["sha256"]] = Item(row["sha256"], nfc(row["class"]), path, "base")
     elif base.is_dir():
-        for path in sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-            sha = _sha_of(path)
-            items[sha] = Item(sha, nfc(path.parent.name), path, "base")
+        for path in image_files(base):
+            sha = file_sha256(path)
+            items[sha] = Item(sha, label_of(path), path, "base")
     overridden = 0
     for row in corrections:
         path = Path(row["path"])

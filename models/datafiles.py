@@ -2,6 +2,7 @@
 manifest, and the presized copies training reads."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -9,11 +10,34 @@ from pathlib import Path
 
 from PIL import Image
 
+from models.labels import nfc
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".jfif", ".mpo"})
 JPEG_QUALITY = 95
+
+
+def image_files(folder: Path | str) -> list[Path]:
+    """Image files below `folder` by suffix, sorted, hidden ones left out: a dataset's items.
+
+    Sorted, so that RandomSplitter's seed means the same split on every filesystem.
+    """
+    folder = Path(folder)
+    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()),
+                  key=str)
+
+
+def label_of(path: Path | str) -> str:
+    """The parent folder's name in NFC: a macOS (NFD) folder must not become a 12th class."""
+    return nfc(Path(path).parent.name)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes: an image's identity for deduplication."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_manifest(folder: Path) -> list[dict]:

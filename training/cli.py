@@ -135,13 +135,13 @@ def cmd_evaluate(args: argparse.Namespace, home: Home) -> int:
 
 
 def _collect(paths: Sequence[str]) -> list[Path]:
-    from training.dataset import IMAGE_SUFFIXES
+    from models.datafiles import image_files
 
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(image_files(path))
         else:
             files.append(path)  # named explicitly: a missing or bad file gets its own error line
     return files

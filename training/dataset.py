@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.artifact import fsync_dir
-from models.datafiles import IMAGE_SUFFIXES, MANIFEST, jpeg_bytes, presized, read_manifest
+from models.datafiles import (IMAGE_SUFFIXES, MANIFEST, file_sha256, image_files, jpeg_bytes, label_of, presized,
+                              read_manifest)
 from models.errors import ImageRejected, KimchiError
 from models.labels import is_known, nfc
 from models.preprocess import ImageLimits, decode_rgb
@@ -230,7 +231,7 @@ class ImportSummary:
 
 def _sha256(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 
@@ -335,22 +336,6 @@ def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table:
 
 # ---------------------------------------------------------------------------------------------
 # a data folder as training sees it
-
-def image_files(folder: Path | str) -> list[Path]:
-    """Image files below `folder` by suffix, sorted, hidden ones left out: the DataBlock's items.
-
-    Sorted, so that RandomSplitter's seed means the same split on every filesystem.
-    """
-    folder = Path(folder)
-    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()),
-                  key=str)
-
-
-def label_of(path: Path | str) -> str:
-    """The parent folder's name in NFC: a macOS (NFD) folder must not become a 12th class."""
-    return nfc(Path(path).parent.name)
-
 
 def count_classes(data_dir: Path) -> dict[str, int]:
     """Images per class folder, or one sentence on what is wrong with `data_dir`."""

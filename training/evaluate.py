@@ -81,7 +81,8 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
     """A fastai Learner for `version` over `data_dir`, with the version's vocab, split and weights."""
     from safetensors.torch import load_file
 
-    from training.dataset import count_classes, image_files
+    from models.datafiles import image_files
+    from training.dataset import count_classes
     from training.recipe import build_datablock, build_learner, train_device
 
     name = registry.resolve(version)

@@ -40,7 +40,8 @@ from models.artifact import LEARNER, ModelMeta, Preprocessing, save_artifact
 from models.errors import KimchiError
 from models.registry import Registry, now_iso
 from training.config import Recipe
-from training.dataset import count_classes, fingerprint, image_files, label_of
+from models.datafiles import image_files, label_of
+from training.dataset import count_classes, fingerprint
 from training.progress import EpochTracker, Progress
 
 log = logging.getLogger(__name__)
