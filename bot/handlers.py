@@ -281,36 +281,34 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 # ---------------------------------------------------------------------------------------------
 # admins
 
-def model_summary(svc: Services) -> str:
-    version = svc.classifier.version
-    if version is None:
-        return say("no_model", "en")
-    meta = svc.classifier.meta
-    m = meta.metrics if meta else {}
-    parts = [f"model {version} ({meta.arch if meta else '?'})"]
+def model_summary(svc: Services, lang: str) -> str:
+    version, meta = svc.classifier.version, svc.classifier.meta
+    if version is None or meta is None:
+        return say("no_model", lang)
+    parts = [say("model_line", lang, version=version, arch=meta.arch)]
+    m = meta.metrics
     if isinstance(m.get("accuracy"), (int, float)):
-        parts.append(f"accuracy {m['accuracy']:.3f}, macro-F1 {m.get('f1_macro', float('nan')):.3f}")
-    if meta and meta.created_at:
-        parts.append(f"trained {meta.created_at}")
+        parts.append(say("model_metrics", lang, accuracy=f"{m['accuracy']:.3f}", f1=f"{m.get('f1_macro', float('nan')):.3f}"))
+    if meta.created_at:
+        parts.append(say("model_trained", lang, at=meta.created_at))
     return "; ".join(parts)
 
 
 @admin_only
 async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Predictions, corrections per class, how often the model was wrong, and the model."""
-    svc = services(context)
+    svc, lang = services(context), lang_of(update)
     s = await svc.store.stats()
-    per_class = "\n".join(f"  {name}: {n}" for name, n in s.corrections_per_class.items()) or "  (none)"
-    wrong = f"{s.wrong_rate:.0%}" if s.wrong_rate is not None else "n/a"
-    await update.effective_message.reply_text(
-        f"predictions: {s.predictions}\ncorrections: {s.fixes} fixes, {s.confirmations} confirmations\n"
-        f"per class:\n{per_class}\nmodel wrong on corrected photos: {wrong}\n{model_summary(svc)}")
+    per_class = "\n".join(f"  {name}: {n}" for name, n in s.corrections_per_class.items()) or say("stats_none", lang)
+    await update.effective_message.reply_text(say(
+        "stats", lang, predictions=s.predictions, fixes=s.fixes, confirmations=s.confirmations, per_class=per_class,
+        wrong=f"{s.wrong_rate:.0%}" if s.wrong_rate is not None else "-", model=model_summary(svc, lang)))
 
 
 @admin_only
 async def model(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """The serving version and its metrics."""
-    await update.effective_message.reply_text(model_summary(services(context)))
+    await update.effective_message.reply_text(model_summary(services(context), lang_of(update)))
 
 
 async def error_handler(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

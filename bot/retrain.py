@@ -106,7 +106,7 @@ def collect_items(base: Path, corrections: list[dict[str, Any]]) -> tuple[dict[s
 
 
 def build_training_set(run_dir: Path, items: dict[str, Item], splits: dict[str, str], holdout_pct: float,
-                       cache: Path, presize: int) -> TrainingSet:
+                       cache: Path, presize: int, overridden: int = 0) -> TrainingSet:
     """Link training images into run_dir/train/<label>/, list the holdout in run_dir/holdout.jsonl.
 
     Images seen for the first time get their side by `holdout_side`; earlier decisions (in `splits`)
@@ -141,7 +141,7 @@ def build_training_set(run_dir: Path, items: dict[str, Item], splits: dict[str, 
     holdout_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in holdout_rows), encoding="utf-8")
     return TrainingSet(run_dir, train_dir, holdout_file, dict(train_counts), dict(holdout_counts),
                        sum(1 for i in items.values() if i.source == "correction"),
-                       0, new_splits)
+                       overridden, new_splits)
 
 
 def _presized_copy(path: Path, sha: str, cache: Path, presize: int) -> Path | None:
@@ -239,8 +239,7 @@ class RetrainManager:
                                                         message.chat_id, {})
                 run_dir = self.home.runs / f"run-{run_id:04d}"
                 tset = await asyncio.to_thread(build_training_set, run_dir, items, splits, self.svc.settings.holdout_pct,
-                                               self.home.cache, presize_of(self.svc.settings.train_args))
-                tset.overridden = overridden
+                                               self.home.cache, presize_of(self.svc.settings.train_args), overridden)
                 await self.svc.store.add_splits(tset.new_splits)
                 refusal = self.refusal_after_split(tset, lang)
                 if refusal:

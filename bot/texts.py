@@ -87,6 +87,15 @@ TEXTS: dict[str, dict[str, str]] = {
     "admin_only": {KO: "이 명령은 사용할 수 없어요.", EN: "Sorry, you can't use this command."},
     "no_model": {KO: "아직 모델이 없어요 (라벨링 모드).", EN: "No model yet (labelling mode)."},
     "error": {KO: "문제가 생겼어요. 잠시 후 다시 시도해 주세요.", EN: "Something went wrong; please try again in a moment."},
+    # admins: statistics and the model
+    "stats": {KO: "예측: {predictions}\n수정: 고침 {fixes}, 맞음 {confirmations}\n클래스별:\n{per_class}\n"
+                  "고친 사진에서 모델이 틀린 비율: {wrong}\n{model}",
+              EN: "predictions: {predictions}\ncorrections: {fixes} fixes, {confirmations} confirmations\n"
+                  "per class:\n{per_class}\nmodel wrong on corrected photos: {wrong}\n{model}"},
+    "stats_none": {KO: "  (없음)", EN: "  (none)"},
+    "model_line": {KO: "모델 {version} ({arch})", EN: "model {version} ({arch})"},
+    "model_metrics": {KO: "정확도 {accuracy}, macro-F1 {f1}", EN: "accuracy {accuracy}, macro-F1 {f1}"},
+    "model_trained": {KO: "학습 {at}", EN: "trained {at}"},
     # admins: retraining and versions
     "retrain_usage": {KO: "사용법: /retrain, /retrain status, /retrain cancel",
                       EN: "Usage: /retrain, /retrain status, /retrain cancel"},
