@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -51,12 +50,11 @@ def open_checked(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
     """Open `data` lazily (header only) and check format, frames and pixel count before any decode."""
     if not data:
         raise ImageRejected("empty", "The file is empty.")
+    bomb = ImageRejected("too_large", "The image has too many pixels to be decoded safely.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("too_large", "The image has too many pixels to be decoded safely.") from None
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise bomb from None
     except UnidentifiedImageError:
         raise ImageRejected("not_image", "The file is not an image I can read.") from None
     except Exception as err:  # Pillow raises many types on broken headers
@@ -64,6 +62,10 @@ def open_checked(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
     if img.format not in limits.formats:
         raise ImageRejected("format", f"{img.format or 'This'} images are not supported; send a JPEG, PNG or WEBP.")
     w, h = img.size
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; treat its warning zone as an error
+    # here rather than with warnings.catch_warnings, which is process-global and this runs in threads.
+    if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+        raise bomb
     if w * h > limits.max_pixels:
         raise ImageRejected("too_large", f"The image is {w}x{h}, more than the {limits.max_pixels / 1e6:.0f}-megapixel limit.")
     if min(w, h) < limits.min_side:
