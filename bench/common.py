@@ -52,7 +52,7 @@ def trained_model(home: Path, arch: str = "resnet18", classes: int = 4, per_clas
     make_dataset(data, classes=classes, per_class=per_class, size=(640, 480))
     recipe = Recipe(arch=arch, pretrained=False, size=size, presize=presize, bs=16, epochs=epochs,
                     freeze_epochs=freeze_epochs, workers=0, device=device)
-    outcome = train(data, recipe, registry, Progress(False, bars=False), report=False)
+    outcome = train(data, recipe, registry, Progress("quiet"), report=False)
     return registry, outcome.version
 
 
@@ -98,3 +98,28 @@ def report(results: dict[str, Any], out: Path | None) -> None:
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
+
+
+def write_cycled(folder: Path, blobs: list[bytes], n: int) -> list[Path]:
+    """`n` files in `folder` whose contents cycle through `blobs` (a large set without generating it)."""
+    return write_photos(folder, [blobs[i % len(blobs)] for i in range(n)])
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load average: on a shared host, what the figures were measured under."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def whole_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Wall time of `cmd` as a whole process, start-up included, and its stdout; raises if it fails."""
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}… exited {done.returncode}: {done.stderr[-2000:]}")
+    return elapsed, done.stdout

@@ -58,10 +58,11 @@ async def bot_mode(home_dir: Path) -> dict:
 
 
 def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> dict:
-    from bot.retrain import build_training_set, collect_items
-    from models.home import Home
-    from models.promotion import HoldoutScore, decide
+    from models.home import Home, holdout_key
+    from models.promotion import decide
+    from models.protocol import DoneEvent, EpochEvent, ScoredEvent, StartEvent, parse
     from models.registry import Registry
+    from models.trainset import build_training_set, collect_items
     from train_bench import make_photos
     from training.dataset import import_dataset
 
@@ -77,42 +78,40 @@ def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> 
     timings["import_presize_s"] = round(time.perf_counter() - t, 1)
 
     started = time.perf_counter()
-    items, _ = collect_items(home.base, [])
-    tset = build_training_set(home.runs / "run-bench", items, {}, 10, home.cache, 460)
+    tset = build_training_set(home.runs / "run-bench", collect_items(home.base, []), {}, 10, holdout_key(home))
     timings["training_set_s"] = round(time.perf_counter() - started, 1)
     cmd = [sys.executable, "-m", "training.cli", "--home", str(home.root), "train", str(tset.train_dir),
            "--progress", "json", "--holdout", str(tset.holdout_file), "--report-dir", str(tset.run_dir),
-           "--no-pretrained", *extra]
+           "--cache", str(home.cache), "--no-pretrained", *extra]
     events, first_epoch, spawned, first_event = [], None, time.perf_counter(), None
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("{"):
-            event = json.loads(line)
+            event = parse(line)
             events.append(event)
             first_event = first_event or time.perf_counter()
-            if event["stage"] == "epoch":
+            if isinstance(event, EpochEvent):
                 if first_epoch is None:
                     first_epoch = time.perf_counter()
-                print(f"  epoch {event['epoch']}/{event['total']} valid_loss {event['valid_loss']:.3f} "
-                      f"at {event['elapsed']:.1f} s", flush=True)
+                print(f"  epoch {event.epoch}/{event.total} valid_loss {event.valid_loss or float('nan'):.3f} "
+                      f"at {event.elapsed:.1f} s", flush=True)
     process.wait()
     if process.returncode != 0:
         raise SystemExit(f"trainer failed with {process.returncode}")
-    compare = next(e for e in events if e["stage"] == "compare")
-    done = next(e for e in events if e["stage"] == "done")
+    scored = next(e for e in events if isinstance(e, ScoredEvent))
+    done = next(e for e in events if isinstance(e, DoneEvent))
+    start_event = next(e for e in events if isinstance(e, StartEvent))
     registry = Registry(home.models)
-    current = HoldoutScore.from_dict(compare["current"]) if compare.get("current") else None
-    decision = decide(HoldoutScore.from_dict(compare["candidate"]), current)
+    decision = decide(scored.candidate, scored.current)
     if decision.promote:
-        registry.promote(done["version"], reason="bench")
+        registry.promote(done.version, reason="bench")
     total = time.perf_counter() - started
-    start_event = next(e for e in events if e["stage"] == "start")
-    return {"mode": "trainer", "images": classes * per_class, "n_train": start_event["n_train"],
-            "n_valid": start_event["n_valid"], "holdout": compare["n"], "device": start_event["device"],
-            "mixed_precision": start_event["mixed_precision"], **timings,
-            "trainer_startup_s": round(first_event - spawned, 1), "train_time_s": done["train_time_s"],
+    return {"mode": "trainer", "images": classes * per_class, "n_train": start_event.n_train,
+            "n_valid": start_event.n_valid, "holdout": scored.n, "device": start_event.device,
+            "mixed_precision": start_event.mixed_precision, **timings,
+            "trainer_startup_s": round(first_event - spawned, 1), "train_time_s": done.train_time_s,
             "to_promoted_s": round(total, 1), "promoted": decision.promote, "current": registry.current(),
-            "holdout_accuracy": compare["candidate"]["accuracy"]}
+            "holdout_accuracy": scored.candidate.accuracy}
 
 
 def main() -> None:

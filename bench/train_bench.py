@@ -47,7 +47,7 @@ def epoch_throughput(data: Path, **recipe_values) -> dict:
     from fastai.callback.core import Callback
 
     from training.config import Recipe
-    from training.recipe import build_dls, build_learner, quiet
+    from training.learner import build_dls, build_learner, quiet
 
     class Clock(Callback):
         order = 0

@@ -1,69 +1,66 @@
-"""`kimchi-bot`: builds the python-telegram-bot Application, registers every handler here, and polls.
+"""`kimchi-bot`: builds the python-telegram-bot Application, registers every handler here, and runs it
+(polling, or the webhook when KIMCHI_WEBHOOK_URL is set; see bot.startup).
 
-Start-up problems (no token, a malformed one, an unusable KIMCHI_HOME, a damaged model) end in one
-sentence and exit status 2. SIGTERM or SIGINT stops taking updates, lets the updates in flight finish,
-closes the engine and the database, and exits 0.
+Start-up problems (no token, a malformed one, an unusable KIMCHI_HOME, a damaged model, a Bot API that
+cannot be reached or rejects the token) end in one sentence and exit status 2. SIGTERM or SIGINT stops
+taking updates, lets the updates in flight finish, closes the engine and the database, and exits 0.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from telegram import BotCommand, Update
 from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler, CommandHandler,
-                          MessageHandler, filters)
+                          MessageHandler, TypeHandler, filters)
 
-from bot import handlers
-from bot.retrain import RetrainManager, promote, retrain, rollback
+from bot import admin, corrections, handlers, review
+from bot.gate import gate
+from bot.metrics import install as install_metrics
+from bot.serving import Serving
 from bot.services import RateLimiter, Services
 from bot.settings import Settings
+from bot.startup import check_only, run
 from bot.store import Store
+from bot.supervisor import RetrainSupervisor
+from bot.texts import EN, KO, command_menu
+from bot.trust import Ledger
 from models.engine import Classifier, EngineConfig
 from models.errors import KimchiError
 from models.logs import setup_logging
 from models.preprocess import ImageLimits
 from models.registry import Registry
+from models.trainset import base_items
 
 log = logging.getLogger("bot")
 
-COMMANDS = [
-    BotCommand("start", "시작 / start"),
-    BotCommand("help", "도움말 / help"),
-    BotCommand("classes", "김치 11종 / the 11 kinds"),
-    BotCommand("correct", "고치기: /correct 깍두기 / fix an answer"),
-]
+
+@dataclass
+class Engine:
+    """The registry and the classifier serving its current version."""
+
+    registry: Registry
+    classifier: Classifier
 
 
-class RedactToken(logging.Filter):
-    """Never let the bot token reach a log line (httpx logs request URLs, which contain it)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.token in message:
-            record.msg, record.args = message.replace(self.token, "<token>"), ()
-        return True
-
-
-def build_services(settings: Settings) -> tuple[Registry, Classifier]:
+def build_engine(settings: Settings) -> Engine:
     """The registry and the engine; no model yet is fine (labelling mode), a damaged one is not."""
     registry = Registry(settings.home.models)
     registry.cleanup_staging()
-    config = EngineConfig(device=settings.device, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+    config = EngineConfig(device=settings.device, cpu_runtime=settings.cpu_runtime, max_batch=settings.max_batch,
+                          max_wait_ms=settings.max_wait_ms,
                           queue_limit=settings.queue_limit, limits=ImageLimits(max_pixels=settings.max_pixels))
     try:
         classifier = Classifier(registry, "current", config, allow_empty=True)
     except KimchiError as err:
         raise KimchiError(f"The current model cannot be loaded: {err} Fix it with `kimchi-train rollback` or "
                           f"`kimchi-train promote VERSION`.") from err
-    return registry, classifier
+    return Engine(registry, classifier)
 
 
 def build_application(settings: Settings) -> Application:
@@ -72,6 +69,7 @@ def build_application(settings: Settings) -> Application:
            .token(settings.token)
            .base_url(settings.base_url)
            .base_file_url(settings.file_url)
+           .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
            .rate_limiter(AIORateLimiter(max_retries=2))
            .concurrent_updates(256)
            # PTB's default is one connection for all Bot API calls: with concurrent updates, every
@@ -83,25 +81,32 @@ def build_application(settings: Settings) -> Application:
            .post_shutdown(on_shutdown)
            .build())
     app.bot_data["settings"] = settings
+    install_metrics(app)  # bot_data["metrics"]; counts each update after its handlers ran
 
+    app.add_handler(TypeHandler(Update, gate), group=-1)  # what the bot acts on at all, and budgets
+    private = filters.ChatType.PRIVATE  # in groups the bot answers photos and commands, not chatter
     app.add_handler(CommandHandler("start", handlers.start))
     app.add_handler(CommandHandler("help", handlers.help_command))
     app.add_handler(CommandHandler("classes", handlers.classes))
-    app.add_handler(CommandHandler("correct", handlers.correct))
-    app.add_handler(CommandHandler("stats", handlers.stats))
-    app.add_handler(CommandHandler("model", handlers.model))
-    app.add_handler(CommandHandler("retrain", retrain))
-    app.add_handler(CommandHandler("promote", promote))
-    app.add_handler(CommandHandler("rollback", rollback))
-    app.add_handler(CallbackQueryHandler(handlers.button))
+    app.add_handler(CommandHandler("correct", corrections.correct))
+    app.add_handler(CommandHandler("stats", admin.stats))
+    app.add_handler(CommandHandler("model", admin.model))
+    app.add_handler(CommandHandler("retrain", admin.retrain))
+    app.add_handler(CommandHandler("promote", admin.promote))
+    app.add_handler(CommandHandler("rollback", admin.rollback))
+    app.add_handler(CommandHandler("review", review.review))
+    app.add_handler(CommandHandler("trust", review.trust))
+    app.add_handler(CommandHandler("block", review.block))
+    app.add_handler(CommandHandler("unblock", review.unblock))
+    app.add_handler(CallbackQueryHandler(review.decide, pattern=r"^rv:"))
+    app.add_handler(CallbackQueryHandler(corrections.button))
     app.add_handler(MessageHandler(filters.PHOTO, handlers.photo))
     app.add_handler(MessageHandler(filters.Document.IMAGE, handlers.image_document))
     app.add_handler(MessageHandler(filters.Document.ALL, handlers.other_document))
-    app.add_handler(MessageHandler(filters.Sticker.ALL, handlers.sticker))
-    app.add_handler(MessageHandler(filters.VIDEO | filters.VIDEO_NOTE | filters.ANIMATION, handlers.video))
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
-    app.add_handler(MessageHandler(filters.COMMAND, handlers.text))
-    app.add_handler(MessageHandler(filters.ALL & ~filters.StatusUpdate.ALL, handlers.other_message))
+    app.add_handler(MessageHandler(private & filters.Sticker.ALL, handlers.sticker))
+    app.add_handler(MessageHandler(private & (filters.VIDEO | filters.VIDEO_NOTE | filters.ANIMATION), handlers.video))
+    app.add_handler(MessageHandler(private & filters.TEXT, handlers.text))  # plain text and unknown commands
+    app.add_handler(MessageHandler(private & ~filters.StatusUpdate.ALL, handlers.other_message))
     app.add_error_handler(handlers.error_handler)
     return app
 
@@ -110,15 +115,24 @@ async def on_start(app: Application) -> None:
     """Open the database and the engine, recover from a crash, publish the command list."""
     settings: Settings = app.bot_data["settings"]
     store = await Store.open(settings.home.database, settings.home.corrections)
-    registry, classifier = app.bot_data.pop("engine", None) or build_services(settings)
-    svc = Services(settings=settings, store=store, classifier=classifier, registry=registry,
-                   limiter=RateLimiter(settings.rate_limit))
-    svc.retrain = RetrainManager(svc, app)
+    engine: Engine = app.bot_data.pop("engine", None) or build_engine(settings)
+    serving = Serving(engine.registry, engine.classifier)
+    ledger = Ledger(store, settings)
+    svc = Services(settings=settings, store=store, classifier=engine.classifier, registry=engine.registry,
+                   limiter=RateLimiter(settings.rate_limit), serving=serving,
+                   actions=RateLimiter(settings.action_rate_limit),
+                   corrections=RateLimiter(settings.corrections_per_day, window_s=24 * 3600),
+                   retrain=RetrainSupervisor(settings, store, serving, admin.TelegramNotifier(app), ledger),
+                   ledger=ledger,
+                   base_labels={sha: item.label for sha, item in
+                                (await asyncio.to_thread(base_items, settings.home.base)).items()})
+    await store.reconcile()
     await svc.retrain.recover()
     app.bot_data["services"] = svc
-    await app.bot.set_my_commands(COMMANDS)
-    log.info("kimchi-bot is up: model %s on %s, %d admin(s)", classifier.version or "none (labelling mode)",
-             classifier.device, len(settings.admin_ids))
+    for lang, code in ((EN, None), (KO, "ko")):
+        await app.bot.set_my_commands([BotCommand(c, d) for c, d in command_menu(lang)], language_code=code)
+    log.info("kimchi-bot is up: model %s on %s, %d admin(s)", engine.classifier.version or "none (labelling mode)",
+             engine.classifier.device, len(settings.admin_ids))
 
 
 async def on_stop(app: Application) -> None:
@@ -126,8 +140,7 @@ async def on_stop(app: Application) -> None:
     svc: Services | None = app.bot_data.get("services")
     if svc is None:
         return
-    if svc.retrain is not None:
-        await svc.retrain.shutdown()
+    await svc.retrain.shutdown()
     svc.classifier.close()
 
 
@@ -138,8 +151,20 @@ async def on_shutdown(app: Application) -> None:
         log.info("database closed; bye")
 
 
+def warn_if_readable(env_file: Path) -> None:
+    """The .env holds the token: say so when others on the machine can read it."""
+    try:
+        mode = env_file.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning("%s can be read by other users of this machine (mode %o) and holds the bot token; "
+                    "run: chmod 600 %s", env_file, mode & 0o777, env_file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kimchi-bot", description="Run the kimchi Telegram bot (polling).")
+    parser = argparse.ArgumentParser(prog="kimchi-bot", description="Run the kimchi Telegram bot (polling, or the "
+                                     "webhook when KIMCHI_WEBHOOK_URL is set).")
     parser.add_argument("--env-file", default=".env", help="settings file (default ./.env); the environment wins")
     parser.add_argument("--check", action="store_true", help="check the settings and the model, then exit")
     args = parser.parse_args(argv)
@@ -149,24 +174,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KimchiError as err:
         print(f"kimchi-bot: {err}", file=sys.stderr)
         return 2
-    setup_logging(settings.home.logs / "kimchi-bot.log", getattr(logging, settings.log_level))
-    redact = RedactToken(settings.token)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redact)
+    setup_logging(settings.home.logs / "kimchi-bot.log", getattr(logging, settings.log_level),
+                  secrets=(settings.token,))
+    warn_if_readable(Path(args.env_file))
     try:
-        engine = build_services(settings)  # fail here, before polling, on a damaged model
+        engine = build_engine(settings)  # fail here, before polling, on a damaged model
     except KimchiError as err:
         log.error("%s", err)
         print(f"kimchi-bot: {err}", file=sys.stderr)
         return 2
     if args.check:
-        engine[1].close()
-        print(f"settings ok; model {engine[1].version or 'none (labelling mode)'}; KIMCHI_HOME={settings.home.root}")
+        engine.classifier.close()
+        try:
+            me = asyncio.run(check_only(settings))  # the same getMe as a start, after settings and model
+        except KimchiError as err:
+            log.error("%s", err)
+            print(f"kimchi-bot: {err}", file=sys.stderr)
+            return 2
+        print(f"settings ok; model {engine.classifier.version or 'none (labelling mode)'}; "
+              f"KIMCHI_HOME={settings.home.root}; Bot API ok: @{me.username}")
         return 0
     app = build_application(settings)
     app.bot_data["engine"] = engine
-    app.run_polling(allowed_updates=Update.ALL_TYPES, stop_signals=(signal.SIGINT, signal.SIGTERM))
-    return 0
+    return run(app, settings)  # getMe first, then polling or the webhook; exit 2 with one sentence
 
 
 if __name__ == "__main__":

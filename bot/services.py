@@ -1,6 +1,7 @@
 """What the handlers share: settings, the store, the engine, the per-user rate limit and a photo cache."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -16,29 +17,59 @@ from models.engine import Classifier
 from models.registry import Registry
 
 if TYPE_CHECKING:
-    from bot.retrain import RetrainManager
+    from bot.serving import Serving
+    from bot.supervisor import RetrainSupervisor
+    from bot.trust import Ledger
+
+
+SHARED = -1  # the bucket of every sender without a user of their own (channels, anonymous admins)
+# Telegram's service accounts: many people speak through them, so none of them is one person.
+SERVICE_IDS = frozenset({777000, 1087968824, 136817688})  # Telegram, GroupAnonymousBot, Channel_Bot
+
+
+def sender_id(update: Update) -> int | None:
+    """The user who sent this update, or None when it speaks for a channel or an anonymous admin."""
+    message, user = update.effective_message, update.effective_user
+    if user is None or user.id in SERVICE_IDS:
+        return None
+    if message is not None and message.sender_chat is not None and update.callback_query is None:
+        return None
+    return user.id
 
 
 class RateLimiter:
-    """At most `per_minute` events per user in any 60-second window (0: no limit)."""
+    """At most `per_window` events per sender in any sliding window (0: no limit). Senders without a user
+    id share one bucket. A refusal is worth telling the sender once a window, not once per message."""
 
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
-        self.per_minute, self.window = per_minute, window_s
+    def __init__(self, per_window: int, window_s: float = 60.0) -> None:
+        self.per_window, self.window = per_window, window_s
         self._events: dict[int, deque[float]] = {}
+        self._told: dict[int, float] = {}
 
     def allow(self, user_id: int | None) -> bool:
-        if not self.per_minute or user_id is None:
+        if not self.per_window:
             return True
+        key = SHARED if user_id is None else user_id
         now = time.monotonic()
-        events = self._events.setdefault(user_id, deque())
+        events = self._events.setdefault(key, deque())
         while events and now - events[0] >= self.window:
             events.popleft()
-        if len(events) >= self.per_minute:
+        if len(events) >= self.per_window:
             return False
         events.append(now)
-        if len(self._events) > 10_000:  # forget idle users
+        if len(self._events) > 10_000:  # forget idle senders
             for uid in [u for u, e in self._events.items() if not e or now - e[-1] >= self.window]:
                 del self._events[uid]
+                self._told.pop(uid, None)
+        return True
+
+    def tell_refusal(self, user_id: int | None) -> bool:
+        """True the first time in a window that this sender is refused: reply then, stay silent after."""
+        key = SHARED if user_id is None else user_id
+        now = time.monotonic()
+        if now - self._told.get(key, -self.window) < self.window:
+            return False
+        self._told[key] = now
         return True
 
 
@@ -76,8 +107,15 @@ class Services:
     classifier: Classifier
     registry: Registry
     limiter: RateLimiter
+    serving: "Serving"
+    retrain: "RetrainSupervisor"
+    ledger: "Ledger"
+    base_labels: dict[str, str] = field(default_factory=dict)  # sha256 -> label of the base set
+    actions: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    corrections: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     photos: PhotoCache = field(default_factory=PhotoCache)
-    retrain: "RetrainManager | None" = None
+    # Downloads in flight at once: each may hold up to the download cap in memory.
+    downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
 
 def services(context: ContextTypes.DEFAULT_TYPE) -> Services:
@@ -93,8 +131,7 @@ def admin_only(handler):
     """Run `handler` for admins; everyone else gets a polite refusal that reveals nothing."""
 
     async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        user = update.effective_user
-        if not services(context).settings.is_admin(user.id if user else None):
+        if not services(context).settings.is_admin(sender_id(update)):
             await update.effective_message.reply_text(say("admin_only", lang_of(update)))
             return
         await handler(update, context)

@@ -7,96 +7,29 @@ row, committed with synchronous=FULL, before the reply goes out.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import io
 import json
 import logging
+import os
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiosqlite
-from models.artifact import fsync_dir, fsync_write
+
+from models.atomic import fsync_dir
+from models.clock import stamp, utc_now
 from models.errors import KimchiError
 from models.preprocess import decode_rgb, exif_orientation, open_checked
+from models.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS: list[str] = [
-    # 1: predictions and corrections
-    """
-    CREATE TABLE predictions (
-        id INTEGER PRIMARY KEY,
-        chat_id INTEGER NOT NULL,
-        user_id INTEGER,
-        message_id INTEGER NOT NULL,
-        reply_message_id INTEGER,
-        file_id TEXT NOT NULL,
-        file_unique_id TEXT,
-        sha256 TEXT NOT NULL,
-        label TEXT,
-        confidence REAL,
-        top_json TEXT,
-        model_version TEXT,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX predictions_by_message ON predictions(chat_id, message_id);
-    CREATE INDEX predictions_by_reply ON predictions(chat_id, reply_message_id);
-    CREATE INDEX predictions_by_user ON predictions(chat_id, user_id, created_at);
-    CREATE TABLE corrections (
-        id INTEGER PRIMARY KEY,
-        prediction_id INTEGER NOT NULL UNIQUE REFERENCES predictions(id),
-        user_id INTEGER,
-        chat_id INTEGER NOT NULL,
-        message_id INTEGER,
-        file_unique_id TEXT,
-        sha256 TEXT NOT NULL,
-        predicted_label TEXT,
-        confidence REAL,
-        corrected_label TEXT NOT NULL,
-        confirmed INTEGER NOT NULL DEFAULT 0,
-        model_version TEXT,
-        path TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE INDEX corrections_by_sha ON corrections(sha256);
-    """,
-    # 2: retraining history, and each image's side of the frozen holdout, decided once
-    """
-    CREATE TABLE retrain_runs (
-        id INTEGER PRIMARY KEY,
-        started_by INTEGER,
-        chat_id INTEGER,
-        status TEXT NOT NULL,
-        pid INTEGER,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        duration_s REAL,
-        counts_json TEXT,
-        candidate TEXT,
-        baseline TEXT,
-        metrics_json TEXT,
-        decision TEXT,
-        reason TEXT,
-        log_tail TEXT
-    );
-    CREATE TABLE splits (
-        sha256 TEXT PRIMARY KEY,
-        split TEXT NOT NULL CHECK (split IN ('train', 'holdout')),
-        source TEXT NOT NULL,
-        decided_at TEXT NOT NULL
-    );
-    """,
-]
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def stamp(moment: datetime | None = None) -> str:
-    return (moment or now()).isoformat(timespec="milliseconds")
+INCOMING = ".incoming"  # staged correction photos, not yet renamed into a class folder
 
 
 @dataclass(frozen=True)
@@ -127,6 +60,8 @@ class Correction:
     user_id: int | None
     message_id: int | None
     confirmed: bool = False
+    status: str = "accepted"  # what the correction policy decided (bot.trust)
+    source: str = "correction"  # correction | confirm | ask | dispute | label
 
 
 @dataclass(frozen=True)
@@ -153,6 +88,9 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path, corrections: Path) -> None:
         self.db, self.path, self.corrections = db, path, corrections
         self._write_lock = asyncio.Lock()
+        # Predictions are written just after their reply; a correction racing that write waits for it.
+        self._unwritten: collections.Counter[int] = collections.Counter()
+        self._written = asyncio.Condition()
 
     @classmethod
     async def open(cls, path: Path, corrections: Path) -> "Store":
@@ -170,6 +108,11 @@ class Store:
         store = cls(db, path, corrections)
         await store._migrate()
         return store
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held for every write: one writer at a time on the connection."""
+        return self._write_lock
 
     async def _migrate(self) -> None:
         async with self.db.execute("PRAGMA user_version") as cur:
@@ -197,14 +140,38 @@ class Store:
             await self.db.commit()
         return PredictionRecord(**{**p.__dict__, "id": cur.lastrowid, "created_at": created})
 
+    @contextlib.asynccontextmanager
+    async def prediction_pending(self, chat_id: int) -> AsyncIterator[None]:
+        """Around a reply and its record_prediction: lookups in this chat wait until the row is written."""
+        self._unwritten[chat_id] += 1
+        try:
+            yield
+        finally:
+            self._unwritten[chat_id] -= 1
+            if not self._unwritten[chat_id]:
+                del self._unwritten[chat_id]
+            async with self._written:
+                self._written.notify_all()
+
+    async def _settled(self, chat_id: int, timeout: float = 10.0) -> None:
+        if chat_id not in self._unwritten:
+            return
+        async with self._written:
+            try:
+                await asyncio.wait_for(self._written.wait_for(lambda: chat_id not in self._unwritten), timeout)
+            except asyncio.TimeoutError:
+                log.warning("a prediction in chat %s is still unwritten after %.0f s", chat_id, timeout)
+
     async def prediction_for_message(self, chat_id: int, message_id: int) -> PredictionRecord | None:
         """The prediction whose photo, or whose answer, is this message."""
+        await self._settled(chat_id)
         return await self._one("SELECT * FROM predictions WHERE chat_id=? AND (message_id=? OR reply_message_id=?)"
                                " ORDER BY id DESC LIMIT 1", (chat_id, message_id, message_id))
 
     async def latest_prediction(self, chat_id: int, user_id: int | None, within: timedelta) -> PredictionRecord | None:
+        await self._settled(chat_id)
         return await self._one("SELECT * FROM predictions WHERE chat_id=? AND user_id IS ? AND created_at >= ?"
-                               " ORDER BY id DESC LIMIT 1", (chat_id, user_id, stamp(now() - within)))
+                               " ORDER BY id DESC LIMIT 1", (chat_id, user_id, stamp(utc_now() - within)))
 
     async def _one(self, sql: str, args: tuple) -> PredictionRecord | None:
         async with self.db.execute(sql, args) as cur:
@@ -213,55 +180,82 @@ class Store:
 
     # -- corrections ---------------------------------------------------------------------------
     async def save_correction(self, c: Correction, image: bytes) -> SavedCorrection:
-        """Write the photo into corrections/<label>/<sha256>.jpg (fsynced), then the row; commit.
+        """Put the photo at corrections/<label>/<sha256>.jpg (fsynced), then write the row; commit.
 
+        The decode and re-encode happen before the write lock, in a thread: the lock covers only the
+        rename and the row, so one user's huge PNG does not hold up everyone else's corrections.
         Correcting the same prediction again updates its row and moves its file: never a duplicate.
         """
         p = c.prediction
-        async with self._write_lock:
-            async with self.db.execute("SELECT id, corrected_label, path FROM corrections WHERE prediction_id=?",
-                                       (p.id,)) as cur:
-                existing = await cur.fetchone()
-            previous = existing["corrected_label"] if existing else None
-            path = await asyncio.to_thread(self._place_image, p.sha256, c.corrected_label, image)
-            stamp_now = stamp()
-            try:
-                await self.db.execute("PRAGMA synchronous=FULL")
-                if existing:
-                    await self.db.execute(
-                        "UPDATE corrections SET corrected_label=?, confirmed=?, user_id=?, message_id=?, path=?,"
-                        " updated_at=? WHERE id=?",
-                        (c.corrected_label, int(c.confirmed), c.user_id, c.message_id, str(path), stamp_now, existing["id"]))
-                    row_id = existing["id"]
-                else:
-                    cur = await self.db.execute(
-                        "INSERT INTO corrections (prediction_id, user_id, chat_id, message_id, file_unique_id, sha256,"
-                        " predicted_label, confidence, corrected_label, confirmed, model_version, path, created_at,"
-                        " updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (p.id, c.user_id, p.chat_id, c.message_id, p.file_unique_id, p.sha256, p.label, p.confidence,
-                         c.corrected_label, int(c.confirmed), p.model_version, str(path), stamp_now, stamp_now))
-                    row_id = cur.lastrowid
-                await self.db.commit()
-            except BaseException:
-                await self.db.rollback()
-                raise
-            finally:
-                await self.db.execute("PRAGMA synchronous=NORMAL")
-            if previous and previous != c.corrected_label:
-                async with self.db.execute("SELECT COUNT(*) FROM corrections WHERE sha256=? AND corrected_label=?",
-                                           (p.sha256, previous)) as cur:
-                    (still_used,) = await cur.fetchone()
-                if not still_used:  # the photo moved to its new label's folder
-                    await asyncio.to_thread(self._remove_image, p.sha256, previous)
+        staged = await asyncio.to_thread(self._stage_image, p.sha256, image)
+        try:
+            async with self._write_lock:
+                async with self.db.execute("SELECT id, corrected_label FROM corrections WHERE prediction_id=?",
+                                           (p.id,)) as cur:
+                    existing = await cur.fetchone()
+                previous = existing["corrected_label"] if existing else None
+                path = await asyncio.to_thread(self._install_image, staged, p.sha256, c.corrected_label)
+                row_id = await self._write_correction_row(c, path, existing["id"] if existing else None)
+                if previous and previous != c.corrected_label:
+                    async with self.db.execute("SELECT COUNT(*) FROM corrections WHERE sha256=? AND corrected_label=?",
+                                               (p.sha256, previous)) as cur:
+                        (still_used,) = await cur.fetchone()
+                    if not still_used:  # the photo moved to its new label's folder
+                        await asyncio.to_thread(self._remove_image, p.sha256, previous)
+        finally:
+            staged.unlink(missing_ok=True)
         return SavedCorrection(row_id, path, previous, existing is None)
 
-    def _place_image(self, sha256: str, label: str, image: bytes) -> Path:
-        """corrections/<label>/<sha256>.jpg, upright RGB JPEG, fsynced; another label's copy is moved."""
+    async def _write_correction_row(self, c: Correction, path: Path, existing_id: int | None) -> int:
+        p, now_ = c.prediction, stamp()
+        try:
+            await self.db.execute("PRAGMA synchronous=FULL")
+            if existing_id is not None:
+                await self.db.execute(
+                    "UPDATE corrections SET corrected_label=?, confirmed=?, user_id=?, message_id=?, path=?,"
+                    " missing_file=0, status=?, source=?, decided_by=NULL, decided_at=NULL, audit_flag=NULL,"
+                    " updated_at=? WHERE id=?",
+                    (c.corrected_label, int(c.confirmed), c.user_id, c.message_id, str(path), c.status, c.source,
+                     now_, existing_id))
+                row_id = existing_id
+            else:
+                cur = await self.db.execute(
+                    "INSERT INTO corrections (prediction_id, user_id, chat_id, message_id, file_unique_id, sha256,"
+                    " predicted_label, confidence, corrected_label, confirmed, model_version, path, status, source,"
+                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (p.id, c.user_id, p.chat_id, c.message_id, p.file_unique_id, p.sha256, p.label, p.confidence,
+                     c.corrected_label, int(c.confirmed), p.model_version, str(path), c.status, c.source, now_, now_))
+                row_id = cur.lastrowid
+            await self.db.commit()
+        except BaseException:
+            await self.db.rollback()
+            raise
+        finally:
+            await self.db.execute("PRAGMA synchronous=NORMAL")
+        return row_id
+
+    @property
+    def _incoming(self) -> Path:
+        return self.corrections / INCOMING
+
+    def _stage_image(self, sha256: str, image: bytes) -> Path:
+        """The photo as training will read it, fsynced into corrections/.incoming/ (invisible to training)."""
+        data = _as_upright_jpeg(image)
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        staged = self._incoming / f"{sha256}.{uuid.uuid4().hex[:8]}.jpg"
+        with open(staged, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return staged
+
+    def _install_image(self, staged: Path, sha256: str, label: str) -> Path:
+        """Rename the staged photo to corrections/<label>/<sha256>.jpg (kept as is when already there)."""
         target = self.corrections / label / f"{sha256}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_file():
-            return target
-        fsync_write(target, _as_upright_jpeg(image))
+        if not target.is_file():
+            os.replace(staged, target)
+            fsync_dir(target.parent)
         return target
 
     def _remove_image(self, sha256: str, label: str) -> None:
@@ -270,18 +264,41 @@ class Store:
         if old.parent.exists():
             fsync_dir(old.parent)
 
+    async def reconcile(self) -> tuple[int, int]:
+        """After a crash: remove correction files that no row names (and staged leftovers); flag rows whose
+        file is gone. Returns (files removed, rows flagged)."""
+        async with self.db.execute("SELECT id, path FROM corrections") as cur:
+            rows = [(r["id"], Path(r["path"])) for r in await cur.fetchall()]
+        named = {path.resolve() for _, path in rows}
+        orphans = [f for f in self.corrections.glob("*/*.jpg")
+                   if not f.parent.name.startswith(".") and f.resolve() not in named]
+        orphans += [f for f in self._incoming.glob("*")] if self._incoming.is_dir() else []
+        for orphan in orphans:
+            orphan.unlink(missing_ok=True)
+        missing = [row_id for row_id, path in rows if not path.is_file()]
+        async with self._write_lock:
+            await self.db.execute("UPDATE corrections SET missing_file=0")
+            await self.db.executemany("UPDATE corrections SET missing_file=1 WHERE id=?", [(i,) for i in missing])
+            await self.db.commit()
+        if orphans or missing:
+            log.warning("corrections folder reconciled: %d file(s) without a row removed, %d row(s) without a file "
+                        "flagged", len(orphans), len(missing))
+        return len(orphans), len(missing)
+
     # -- retraining ------------------------------------------------------------------------------
     async def splits(self) -> dict[str, str]:
         async with self.db.execute("SELECT sha256, split FROM splits") as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def add_splits(self, decided: list[tuple[str, str, str]]) -> None:
-        """Record (sha256, split, source) for images seen for the first time; earlier decisions stand."""
+        """Record (sha256, split, source): first decisions, and near-duplicates moved to their group's side."""
         if not decided:
             return
         at = stamp()
         async with self._write_lock:
-            await self.db.executemany("INSERT OR IGNORE INTO splits (sha256, split, source, decided_at) VALUES (?,?,?,?)",
+            await self.db.executemany("INSERT INTO splits (sha256, split, source, decided_at) VALUES (?,?,?,?)"
+                                      " ON CONFLICT(sha256) DO UPDATE SET split=excluded.split,"
+                                      " decided_at=excluded.decided_at",
                                       [(sha, split, source, at) for sha, split, source in decided])
             await self.db.commit()
 
@@ -309,13 +326,6 @@ class Store:
         if status:
             sql, args = sql + " WHERE status=?", (status,)
         async with self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)) as cur:
-            return [dict(r) for r in await cur.fetchall()]
-
-    async def latest_corrections(self) -> list[dict[str, Any]]:
-        """The newest label of each corrected photo (by sha256): what /retrain trains on."""
-        async with self.db.execute(
-                "SELECT sha256, corrected_label, path, confirmed FROM corrections c WHERE updated_at ="
-                " (SELECT MAX(updated_at) FROM corrections d WHERE d.sha256 = c.sha256) ORDER BY id") as cur:
             return [dict(r) for r in await cur.fetchall()]
 
     # -- admin -----------------------------------------------------------------------------------

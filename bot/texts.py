@@ -32,22 +32,28 @@ TEXTS: dict[str, dict[str, str]] = {
         EN: "I have no trained model yet, so I'm collecting labels. Which kimchi is this?",
     },
     "btn_ok": {KO: "✅ 맞아요", EN: "✅ Right"},
+    "btn_ask": {KO: "{name}?", EN: "{name}?"},
+    "btn_other": {KO: "✏️ 다른 김치", EN: "✏️ Another kind"},
     "btn_fix": {KO: "✏️ 고치기", EN: "✏️ Fix"},
-    "choose": {KO: "어떤 김치인가요?", EN: "Which kimchi is it?"},
     "saved": {KO: "고마워요! {name}(으)로 저장했어요. ✓", EN: "Thanks! Saved as {name}. ✓"},
     "saved_changed": {KO: "고마워요! {old} → {name}(으)로 고쳐서 저장했어요. ✓",
                       EN: "Thanks! Changed {old} → {name} and saved. ✓"},
+    "saved_pending": {KO: "고마워요! {name}(으)로 저장했어요. 확인되면 학습에 쓸게요.",
+                      EN: "Saved as {name}, thanks; it will be used once it's confirmed."},
     "confirmed": {KO: "고마워요! 맞다고 저장했어요. ✓", EN: "Thanks! Saved as correct. ✓"},
     "rate_limited": {KO: "사진이 너무 빨리 와요. 1분에 {limit}장까지 볼 수 있어요. 잠시 후 다시 보내 주세요.",
                      EN: "That's a lot of photos! I can look at {limit} a minute; please send more in a moment."},
+    "slow_down": {KO: "너무 빨라요! 잠시 후에 다시 해 주세요.", EN: "That's a lot at once! Please try again in a minute."},
+    "corrections_limit": {KO: "오늘은 더 고칠 수 없어요 (하루 {limit}번까지). 내일 다시 해 주세요.",
+                          EN: "That's all the fixes I can take from you today ({limit} a day); please come back tomorrow."},
     "busy": {KO: "지금 사진이 많이 밀려 있어요. 잠시 후 다시 보내 주세요.",
              EN: "I'm busy with many photos right now; please send it again in a moment."},
     "engine_failed": {KO: "사진을 분석하다 문제가 생겼어요. 한 번만 다시 보내 주세요.",
                       EN: "Something went wrong while looking at the photo; please send it once more."},
     "download_failed": {KO: "사진을 받아오지 못했어요. 다시 보내 주세요.",
                         EN: "I couldn't download the photo; please send it again."},
-    "too_big": {KO: "파일이 너무 커요 (20MB까지). 사진으로 보내 주세요.",
-                EN: "That file is too big (Telegram lets bots fetch up to 20 MB); send it as a photo instead."},
+    "too_big": {KO: "파일이 너무 커요 ({limit}MB까지). 사진으로 보내 주세요.",
+                EN: "That file is too big (I can fetch up to {limit} MB); send it as a photo instead."},
     "image_empty": {KO: "빈 파일이에요. 사진을 보내 주세요.", EN: "That file is empty; please send a photo."},
     "image_not_image": {KO: "이미지로 열 수 없는 파일이에요. JPEG, PNG, WEBP 사진을 보내 주세요.",
                         EN: "I can't open that as an image; please send a JPEG, PNG or WEBP photo."},
@@ -77,6 +83,12 @@ TEXTS: dict[str, dict[str, str]] = {
                         EN: "'{text}'… did you mean {name}? If so: /correct {name}"},
     "correct_unknown": {KO: "'{text}'은(는) 모르는 김치예요. 이 중에서 골라 주세요:\n{classes}",
                         EN: "I don't know '{text}'. Please pick one of these:\n{classes}"},
+    "correct_too_long": {KO: "김치 이름이 너무 길어요 ({limit}자까지). 예: /correct 깍두기",
+                         EN: "That's too long for a kimchi name ({limit} characters at most). For example: /correct kkakdugi"},
+    "correct_not_a_class": {KO: "{name}은(는) 아직 모르는 김치예요. 제가 아는 김치는:\n{classes}",
+                            EN: "I don't know {name} yet. The kinds I know are:\n{classes}"},
+    "button_invalid": {KO: "이 버튼은 더 이상 쓸 수 없어요.", EN: "This button is no longer valid."},
+    "saving": {KO: "저장하는 중…", EN: "Saving…"},
     "correct_nothing": {KO: "고칠 사진을 찾지 못했어요. 제 답장에 답장하며 /correct 깍두기 를 보내거나, 사진을 먼저 보내 주세요.",
                         EN: "I can't find a photo to fix. Reply to my answer with /correct kkakdugi, or send a photo first."},
     "not_yours": {KO: "사진을 보낸 분만 고칠 수 있어요.", EN: "Only the person who sent the photo can fix it."},
@@ -88,9 +100,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "no_model": {KO: "아직 모델이 없어요 (라벨링 모드).", EN: "No model yet (labelling mode)."},
     "error": {KO: "문제가 생겼어요. 잠시 후 다시 시도해 주세요.", EN: "Something went wrong; please try again in a moment."},
     # admins: statistics and the model
-    "stats": {KO: "예측: {predictions}\n수정: 고침 {fixes}, 맞음 {confirmations}\n클래스별:\n{per_class}\n"
-                  "고친 사진에서 모델이 틀린 비율: {wrong}\n{model}",
+    "stats": {KO: "예측: {predictions}\n수정: 고침 {fixes}, 맞음 {confirmations}\n라벨 상태: 승인 {accepted}, 대기 {pending}, "
+                  "거절 {rejected} (/review)\n클래스별:\n{per_class}\n고친 사진에서 모델이 틀린 비율: {wrong}\n{model}",
               EN: "predictions: {predictions}\ncorrections: {fixes} fixes, {confirmations} confirmations\n"
+                  "labels: {accepted} accepted, {pending} pending, {rejected} rejected (/review)\n"
                   "per class:\n{per_class}\nmodel wrong on corrected photos: {wrong}\n{model}"},
     "stats_none": {KO: "  (없음)", EN: "  (none)"},
     "model_line": {KO: "모델 {version} ({arch})", EN: "model {version} ({arch})"},
@@ -112,30 +125,116 @@ TEXTS: dict[str, dict[str, str]] = {
                                 EN: "Cannot retrain: only {n} class(es) have images; at least two are needed."},
     "retrain_too_few": {KO: "재학습할 수 없어요: 이미지가 {minimum}장보다 적은 클래스가 있어요 — {detail}.",
                         EN: "Cannot retrain: some classes have fewer than {minimum} training images — {detail}."},
-    "retrain_prepare_failed": {KO: "재학습을 준비하지 못했어요: {reason}", EN: "Could not prepare the retrain: {reason}"},
-    "retrain_counts": {KO: "학습 데이터 (클래스별):\n{lines}\n합계 {total}장, 고정 holdout {holdout}장, 사용자 수정 {corrections}장 "
-                           "(기존 라벨을 바꾼 것 {overridden}장).",
-                       EN: "Training data per class:\n{lines}\nTotal {total}, frozen holdout {holdout}, "
-                           "{corrections} from users ({overridden} relabelled base images)."},
-    "retrain_starting": {KO: "🏋️ 재학습을 시작해요…", EN: "🏋️ Starting the retrain…"},
-    "retrain_progress": {KO: "🏋️ 재학습 #{id} — epoch {epoch}/{total} ({phase})\n{bar} {pct}%\n"
+    "retrain_prepare_failed": {KO: "재학습을 준비하지 못했어요. 자세한 내용은 로그에 있어요.",
+                               EN: "Could not prepare the retrain; the details are in the log."},
+    "retrain_counts": {KO: "학습 데이터 (클래스별):\n{lines}\n합계 {total}장, 고정 holdout {holdout}장, 사용자 라벨 {corrections}장.\n"
+                           "사용자 라벨 상태: 승인 {accepted}, 대기 {pending}, 거절 {rejected}. 기존 라벨과 다른 라벨 {disputes}장은 "
+                           "관리자 판단을 기다려요; holdout 쪽 미확정 라벨 {held_back}장은 보류; 중복 사진 {moved}장은 같은 쪽으로 옮겼어요.",
+                       EN: "Training data per class:\n{lines}\nTotal {total}, frozen holdout {holdout}, {corrections} from users.\n"
+                           "Users' labels: {accepted} accepted, {pending} pending, {rejected} rejected. {disputes} that dispute "
+                           "a base label wait for an admin; {held_back} unconfirmed on the holdout side are held back; "
+                           "{moved} near-duplicates moved to their group's side."},
+    "retrain_audit_counts": {KO: "감사(audit): {summary} 사용자 라벨 {flagged}장은 다시 대기로 돌리고 이번 학습에서 뺐어요; "
+                                 "의심되는 기존 이미지 {base}장은 바꾸지 않았어요 (suspects.png 참고).",
+                             EN: "Audit: {summary} {flagged} users' labels went back to pending and sit this run out; "
+                                 "{base} base images look mislabelled and were left as they are (see suspects.png)."},
+    "retrain_no_audit": {KO: "감사(audit)는 건너뛰었어요 (모델이 없거나 KIMCHI_RETRAIN_AUDIT=0, 또는 실패: 로그 참고).",
+                         EN: "The audit was skipped (no model yet, KIMCHI_RETRAIN_AUDIT=0, or it failed: see the log)."},
+    "retrain_suspects": {KO: "라벨이 의심되는 사진들: {summary}", EN: "Photos whose labels look wrong: {summary}"},
+    "retrain_count_line": {KO: "{label}: {n}", EN: "{label}: {n}"},
+    "retrain_count_line_holdout": {KO: "{label}: {n} (+holdout {holdout})", EN: "{label}: {n} (+{holdout} holdout)"},
+    "retrain_starting": {KO: "🏋️ 재학습 #{id}을(를) 시작해요: 라벨 감사, 데이터 나누기, 학습…",
+                         EN: "🏋️ Starting retrain #{id}: auditing the labels, splitting, training…"},
+    "retrain_progress": {KO: "🏋️ 재학습 #{id} — epoch {epoch}/{total} ({phase})\n{bar} {pct}\n"
                              "train loss {train} · valid loss {valid} · 정확도 {acc}",
-                         EN: "🏋️ Retrain #{id} — epoch {epoch}/{total} ({phase})\n{bar} {pct}%\n"
+                         EN: "🏋️ Retrain #{id} — epoch {epoch}/{total} ({phase})\n{bar} {pct}\n"
                              "train loss {train} · valid loss {valid} · accuracy {acc}"},
-    "retrain_comparing": {KO: "holdout에서 새 모델과 현재 모델을 비교하는 중…",
-                          EN: "Comparing the new model with the current one on the holdout…"},
+    "retrain_scoring": {KO: "holdout에서 새 모델과 현재 모델을 비교하는 중…",
+                        EN: "Comparing the new model with the current one on the holdout…"},
     "retrain_confusion": {KO: "{version}의 holdout 혼동 행렬", EN: "Confusion matrix of {version} on the holdout"},
     "retrain_promoted": {KO: "✅ {version}을(를) 적용했어요: {reason}", EN: "✅ Promoted {version}: {reason}"},
     "retrain_kept": {KO: "⏸ {version}은(는) 저장만 하고 적용하지 않았어요: {reason}\n그래도 쓰려면 /promote {version}",
                      EN: "⏸ Kept {version} but did not promote it: {reason}\nTo use it anyway: /promote {version}"},
-    "retrain_crashed": {KO: "❌ 재학습이 실패했어요: {reason}. 현재 모델은 그대로예요.",
-                        EN: "❌ The retrain failed: {reason}. The current model keeps serving."},
+    "retrain_failed": {KO: "❌ 재학습이 실패했어요: {reason}. 현재 모델은 그대로예요.",
+                       EN: "❌ The retrain failed: {reason}. The current model keeps serving."},
     "retrain_cancelling": {KO: "재학습 #{id}을(를) 멈추는 중이에요…", EN: "Stopping retrain #{id}…"},
     "retrain_cancelled": {KO: "재학습 #{id}을(를) 취소했어요. 현재 모델은 그대로예요.",
                           EN: "Retrain #{id} was cancelled. The current model keeps serving."},
+    # why a run ended, and what the promotion rule found
+    "failure_trainer_error": {KO: "학습기가 보고한 오류: {detail}", EN: "the trainer said: {detail}"},
+    "failure_signal": {KO: "학습기가 {detail} 신호로 멈췄어요 (메모리 부족이나 강제 종료)",
+                       EN: "the trainer was stopped by {detail} (out of memory, or killed)"},
+    "failure_exit_status": {KO: "학습기가 상태 {detail}(으)로 끝났어요", EN: "the trainer exited with status {detail}"},
+    "failure_no_result": {KO: "학습기가 결과를 보고하지 않았어요", EN: "the trainer reported no result"},
+    "failure_timeout": {KO: "{detail}분 안에 끝나지 않아 멈췄어요", EN: "it did not finish within {detail} minutes and was stopped"},
+    "failure_load_failed": {KO: "새 모델을 불러오지 못했어요 ({detail})", EN: "the new model could not be loaded ({detail})"},
+    "failure_internal": {KO: "봇 내부 오류 ({detail}), 로그를 보세요", EN: "an internal error ({detail}); see the log"},
+    "failure_bot_stopped": {KO: "재학습 중에 봇이 멈췄어요", EN: "the bot stopped while this retrain was running"},
+    "finding_no_baseline": {KO: "비교할 현재 모델이 없어요", EN: "there is no current model to compare with"},
+    "finding_empty_holdout": {KO: "holdout이 비어 있어 측정할 수 없어요", EN: "the holdout is empty, so nothing can be measured"},
+    "finding_macro_f1": {KO: "macro-F1 {candidate} vs {current} (허용 오차 {limit})",
+                         EN: "macro-F1 {candidate} vs {current} (tolerance {limit})"},
+    "finding_corrections": {KO: "holdout의 수정 사진 {n}장 정확도 {candidate} vs {current}",
+                            EN: "accuracy on {n} held-out corrected photos {candidate} vs {current}"},
+    "finding_class_f1": {KO: "{label}의 F1이 {current}에서 {candidate}(으)로 {limit}보다 많이 떨어졌어요 (holdout {n}장)",
+                         EN: "{label} F1 fell from {current} to {candidate}, more than {limit} (holdout {n} images)"},
+    "decision_no_worse": {KO: "더 나쁘지 않아요: {findings}", EN: "no worse: {findings}"},
+    "decision_worse": {KO: "더 나빠요: {findings}", EN: "worse: {findings}"},
+    "run_status_running": {KO: "진행 중", EN: "running"},
+    "run_status_promoted": {KO: "적용됨", EN: "promoted"},
+    "run_status_rejected": {KO: "보류됨", EN: "kept, not promoted"},
+    "run_status_cancelled": {KO: "취소됨", EN: "cancelled"},
+    "run_status_failed": {KO: "실패", EN: "failed"},
+    "run_status_refused": {KO: "거절됨", EN: "refused"},
+    # the report table (monospace)
+    "report_accuracy": {KO: "정확도", EN: "accuracy"},
+    "report_precision": {KO: "macro 정밀도", EN: "macro precision"},
+    "report_recall": {KO: "macro 재현율", EN: "macro recall"},
+    "report_f1": {KO: "macro F1", EN: "macro F1"},
+    "report_corrections": {KO: "수정 사진 n={n}", EN: "corrections n={n}"},
+    "report_per_class": {KO: "클래스별 F1:", EN: "per-class F1:"},
+    "report_holdout": {KO: "holdout: {n}장 (고정)", EN: "holdout: {n} images (frozen)"},
+    "report_training": {KO: "학습: {total}장, 사용자 수정 {corrections}장", EN: "training: {total} images, {corrections} corrections"},
+    "report_time": {KO: "epoch {epoch} 사용; 학습 {train}초; 전체 {whole}초",
+                    EN: "kept epoch {epoch}; training {train} s; whole run {whole} s"},
     "promote_usage": {KO: "사용법: /promote v3 (버전: {versions})", EN: "Usage: /promote v3 (versions: {versions})"},
+    "promote_failed": {KO: "{version}을(를) 적용하지 못했어요. 현재 모델 {current}은(는) 그대로예요: {detail}",
+                       EN: "Could not serve {version}; {current} keeps serving: {detail}"},
     "promoted_now": {KO: "{version}을(를) 적용했어요 (이전 {previous}).", EN: "{version} now serves (was {previous})."},
     "rolled_back": {KO: "{version}(으)로 되돌렸어요 (이전 {previous}).", EN: "Rolled back to {version} (was {previous})."},
+    "rollback_failed": {KO: "되돌리지 못했어요: {detail}", EN: "Could not roll back: {detail}"},
+    # admins: reviewing what users taught
+    "review_caption": {KO: "사용자 라벨: {label} ({source})\n모델: {top}\n같은 라벨 {votes_for}명, 다른 라벨 {votes_against}명\n"
+                           "사용자 {user}: 승인 {accepted}, 거절 {rejected}\n남은 항목 {left}개",
+                       EN: "User's label: {label} ({source})\nModel: {top}\nVotes: {votes_for} for, {votes_against} against\n"
+                           "User {user}: {accepted} accepted, {rejected} rejected\n{left} left to review"},
+    "review_flagged": {KO: "⚠️ 감사(audit) 표시: {flag}", EN: "⚠️ Flagged by the audit: {flag}"},
+    "review_empty": {KO: "검토할 항목이 없어요. ✓", EN: "Nothing left to review. ✓"},
+    "review_accept": {KO: "✅ 승인", EN: "✅ Accept"},
+    "review_relabel": {KO: "✏️ 라벨 변경", EN: "✏️ Relabel"},
+    "review_reject": {KO: "❌ 거절", EN: "❌ Reject"},
+    "review_block": {KO: "🚫 차단", EN: "🚫 Block user"},
+    "review_done_accepted": {KO: "승인했어요.", EN: "Accepted."},
+    "review_done_relabelled": {KO: "{label}(으)로 바꿔 승인했어요.", EN: "Relabelled as {label} and accepted."},
+    "review_done_rejected": {KO: "거절했어요.", EN: "Rejected."},
+    "review_done_blocked": {KO: "사용자 {user}을(를) 차단했어요. 대기 중인 라벨 {n}개를 거절했어요.",
+                            EN: "Blocked user {user}; {n} of their pending labels were rejected."},
+    "source_correction": {KO: "수정", EN: "a fix"},
+    "source_confirm": {KO: "✅ 확인", EN: "a ✅ confirmation"},
+    "source_ask": {KO: "두 후보 중 선택", EN: "an answer to 'which of two?'"},
+    "source_dispute": {KO: "기존 라벨과 다름", EN: "disputes the base label"},
+    "source_label": {KO: "라벨링 모드", EN: "labelling mode"},
+    "user_usage": {KO: "사용법: /trust 123456789, /block 123456789, /unblock 123456789",
+                   EN: "Usage: /trust 123456789, /block 123456789, /unblock 123456789"},
+    "user_trusted": {KO: "사용자 {user}을(를) 신뢰해요. 라벨이 바로 쓰여요.", EN: "User {user} is trusted: their labels are used at once."},
+    "user_blocked": {KO: "사용자 {user}을(를) 차단했어요. 대기 중인 라벨 {n}개를 거절했어요.",
+                     EN: "Blocked user {user}; {n} of their pending labels were rejected."},
+    "user_unblocked": {KO: "사용자 {user}의 차단을 풀었어요.", EN: "User {user} is no longer blocked."},
+    # the command menu (set_my_commands)
+    "cmd_start": {KO: "시작", EN: "start"},
+    "cmd_help": {KO: "도움말", EN: "help"},
+    "cmd_classes": {KO: "김치 11종", EN: "the 11 kinds"},
+    "cmd_correct": {KO: "고치기: /correct 깍두기", EN: "fix an answer: /correct kkakdugi"},
 }
 
 
@@ -144,13 +243,27 @@ def language(code: str | None) -> str:
     return KO if (code or "").lower().startswith("ko") else EN
 
 
+MAX_MESSAGE = 4096  # Telegram's limit for one message's text
+
+
 def say(key: str, lang: str, **values: object) -> str:
-    entry = TEXTS[key]
-    return entry.get(lang, entry[KO]).format(**values)
+    """The sentence `key` in `lang`; every key has both languages (a test checks), so no fallback.
+    Never longer than a Telegram message can be, whatever the values."""
+    return fit(TEXTS[key][lang].format(**values))
 
 
-def percent(p: float) -> str:
-    return f"{p * 100:.0f}%"
+def fit(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def percent(p: float | None, digits: int = 0) -> str:
+    """A probability or rate as a percentage; '-' when there is none."""
+    return "-" if p is None else f"{p * 100:.{digits}f}%"
+
+
+def number(x: float | None, digits: int = 3) -> str:
+    """A loss, F1 or similar figure; '-' when there is none."""
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def kimchi_name(name: str, lang: str) -> str:
@@ -170,3 +283,17 @@ def class_list(lang: str) -> str:
     if lang == KO:
         return "\n".join(f"• {c.name} ({c.roman}) — {c.gloss}" for c in CLASSES)
     return "\n".join(f"• {c.name} — {c.roman}, {c.gloss}" for c in CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# reasons and sources by code (the retrain's outcomes are rendered in bot.reports)
+
+IMAGE_KEYS = {"empty": "image_empty", "not_image": "image_not_image", "format": "image_format",
+              "truncated": "image_truncated", "animated": "image_animated", "too_large": "image_too_large",
+              "too_small": "image_too_small"}
+SOURCE_KEYS = {"correction": "source_correction", "confirm": "source_confirm", "ask": "source_ask",
+               "dispute": "source_dispute", "label": "source_label"}
+def command_menu(lang: str) -> list[tuple[str, str]]:
+    """(command, description) pairs for Telegram's command menu."""
+    return [("start", say("cmd_start", lang)), ("help", say("cmd_help", lang)),
+            ("classes", say("cmd_classes", lang)), ("correct", say("cmd_correct", lang))]

@@ -9,13 +9,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from models.archs import build_model, get_spec
+from models.atomic import atomic_write
 from models.errors import ArtifactError, KimchiError
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, so that reading meta.json (the
+    import torch   # registry, `kimchi-train --help`, `models`) does not pay for importing torch
+    from torch import nn
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -67,25 +68,6 @@ class ModelMeta:
         return meta
 
 
-def fsync_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file, fsynced, then renamed: a crash leaves old or new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_artifact(folder: Path, model: nn.Module, meta: ModelMeta) -> None:
     """Write the weights and meta.json into `folder` (a staging folder; the registry publishes it)."""
     from safetensors.torch import save_file
@@ -95,7 +77,7 @@ def save_artifact(folder: Path, model: nn.Module, meta: ModelMeta) -> None:
     save_file(state, str(folder / WEIGHTS), metadata={"arch": meta.arch, "format": str(FORMAT)})
     with open(folder / WEIGHTS, "rb+") as fh:
         os.fsync(fh.fileno())
-    fsync_write(folder / META, meta.to_json().encode("utf-8"))
+    atomic_write(folder / META, meta.to_json().encode("utf-8"))
 
 
 def read_meta(folder: Path) -> ModelMeta:
@@ -117,6 +99,8 @@ def load_artifact(folder: Path, device: str | torch.device = "cpu") -> tuple[nn.
     """The model in eval mode, on `device`, and its meta, from the safe pair. Never unpickles."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from models.archs import build_model, get_spec
 
     folder = Path(folder)
     meta = read_meta(folder)

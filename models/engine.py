@@ -11,6 +11,11 @@ Two ways in:
 
 `swap(version)` loads another version beside the serving one and switches between batches, so a
 batch never mixes models and every result names the version that produced it.
+
+On the CPU the network runs on ONNX Runtime when it can (`cpu_runtime`): the version's `model.onnx`,
+exported from the same weights and checked against torch (models/onnx_export.py), made on first load
+when a version lacks it. Everything before the network (decode, Resize, the batch resample) is the same
+code either way, so the pixels the model sees do not depend on the runtime.
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ import numpy as np
 import torch
 
 from models.archs import fold_batchnorm
-from models.artifact import ModelMeta, load_artifact
-from models.errors import Busy, EngineCrashed, ImageRejected, KimchiError, NoModel
+from models.device import resolve_device
+from models.artifact import ModelMeta, load_artifact, read_meta
+from models.errors import ArtifactError, Busy, EngineCrashed, ImageRejected, KimchiError, NoModel
 from models.preprocess import ImageLimits, crop_box, decode_rgb, exif_orientation, open_checked, presize_array, to_batch
 from models.registry import Registry
 from models.resample import pil_bilinear
@@ -60,16 +66,37 @@ class EngineConfig:
     # Pillow's JPEG draft mode (DCT downscale before the resize) is faster, but feeds the model other
     # pixels than fastai's Resize does: measured up to 0.3 of probability on borderline images. Off by default.
     draft: bool = False
+    # What runs the network on the CPU: "onnx" (ONNX Runtime on the version's model.onnx, made if missing;
+    # an error if that cannot be done), "torch", or "auto" (onnx when it can, else torch, with the reason
+    # logged). Ignored on CUDA.
+    cpu_runtime: str = "auto"
+    runtime_threads: int = 0  # ONNX Runtime's intra-op threads; 0: see thread_plan()
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise KimchiError("KIMCHI_DEVICE/--device is cuda, but no CUDA GPU is available; use auto or cpu.")
-    if device not in ("cpu", "cuda"):
-        raise KimchiError(f"Unknown device '{device}'; use auto, cpu or cuda.")
-    return torch.device(device)
+CPU_RUNTIMES = ("auto", "torch", "onnx")
+# ORT's intra-op workers spin between ops by default; here they would burn the cores the decode threads
+# need (measured: torch's spinning OpenMP threads cost 5 ms -> 79 ms of CPU for one resample on a busy host).
+ORT_SPINNING = "0"
+
+
+def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int]:
+    """(decode pool threads, ONNX Runtime intra-op threads) for this machine: by default half the cores
+    decode and the network may use all of them; on 2 cores, 1 + 2.
+
+    Why, measured on 2 cores with resnet18 at 460/224 and 1280x960 JPEGs (bench/cpu_suite.py --thread-grid):
+    an image costs ~21 ms of CPU to decode and resample and ~42 ms in the network (one ORT thread, batch
+    16), so the network is 2/3 of the work. On one ORT thread (a strict 1 + 1 split) the network can never
+    use the second core, capping the engine near 24 img/s, below the 30 img/s a bot must keep up with;
+    with ORT on every core it takes the second core whenever decoding is idle, and one image's network
+    time drops from 83 to 46 ms. The overlap costs nothing measurable because ORT's workers sleep instead of spinning
+    (ORT_SPINNING): CPU per image was 67-73 ms for every plan in the grid (1..3 decode x 1..2 ORT threads;
+    torch: 83). Half the cores for decoding keeps the decode rate (~47 img/s per thread) above what the
+    network can take while leaving the cores to it.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    decode = config.decode_threads or max(1, min(8, cpus // 2))
+    runtime = config.runtime_threads or cpus
+    return decode, runtime
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,19 +154,43 @@ class _Runner:
         self.device = resolve_device(config.device)
         self.config = config
         self.version = version
-        model, meta = load_artifact(registry.path(version), device=self.device)
-        self.meta: ModelMeta = meta
-        self.pre = meta.preprocessing
+        folder = registry.path(version)
         cuda = self.device.type == "cuda"
         self.half = config.half == "on" or (config.half == "auto" and cuda)
         self.channels_last = config.channels_last != "off"
-        model = fold_batchnorm(model)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model: torch.nn.Module | None = None
+        self.onnx: _OnnxModel | None = None
+        meta = read_meta(folder)
+        if self._onnx_possible():
+            self.onnx = _open_onnx(folder, meta, thread_plan(config)[1], required=config.cpu_runtime == "onnx")
+        if self.onnx is None:
+            model, meta = load_artifact(folder, device=self.device)
+            model = fold_batchnorm(model)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            self.model = model
+        self.meta: ModelMeta = meta
+        self.pre = meta.preprocessing
         self.split_resize = (os.cpu_count() or 1) > 1
         self.gpu_decode = config.jpeg_decoder == "torchvision" or (config.jpeg_decoder == "auto" and cuda)
         self._warm_up()
+
+    @property
+    def runtime(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
+
+    def _onnx_possible(self) -> bool:
+        """Whether this runner may serve from ONNX Runtime; with cpu_runtime=onnx, why not is an error."""
+        if self.config.cpu_runtime == "torch" or self.device.type != "cpu":
+            return False
+        why_not = None
+        if self.half:
+            why_not = "bf16 (half=on) runs on torch only"
+        elif type(self)._model is not _Runner._model:  # e.g. models.embed cuts the head: it needs the torch module
+            why_not = f"{type(self).__name__} runs its own torch model"
+        if why_not and self.config.cpu_runtime == "onnx":
+            raise KimchiError(f"The CPU runtime is onnx, but {why_not}; use auto or torch.")
+        return why_not is None
 
     def _warm_up(self) -> None:
         for n in sorted({1, self.config.max_batch}):
@@ -204,6 +255,8 @@ class _Runner:
     def _model(self, x: torch.Tensor) -> torch.Tensor:
         """A normalised float batch to probabilities on the CPU."""
         with torch.inference_mode():
+            if self.onnx is not None:
+                return torch.softmax(self.onnx(x), dim=1)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.half:
@@ -295,7 +348,9 @@ class Classifier:
         self.registry = registry if isinstance(registry, Registry) else Registry(Path(registry))
         self.config = config
         resolve_device(config.device)  # fail early, with a sentence, on a bad device
-        threads = config.decode_threads or max(2, min(8, (os.cpu_count() or 2)))
+        if config.cpu_runtime not in CPU_RUNTIMES:
+            raise KimchiError(f"Unknown CPU runtime '{config.cpu_runtime}'; use {', '.join(CPU_RUNTIMES)}.")
+        threads = thread_plan(config)[0]
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="kimchi-decode")
         self._runner: _Runner | None = None
         try:
@@ -313,6 +368,8 @@ class Classifier:
         self._closed = False
         self.crashes = 0
         self.batches: list[tuple[int, str]] = []  # (size, version) of recent worker batches, for stats
+        # Called on the worker thread with each batch's size, after its results are delivered (bot metrics).
+        self.on_batch: Callable[[int], None] | None = None
 
     # -- what it serves ------------------------------------------------------------------------
     @property
@@ -324,6 +381,12 @@ class Classifier:
     def meta(self) -> ModelMeta | None:
         runner = self._runner
         return runner.meta if runner else None
+
+    @property
+    def runtime(self) -> str | None:
+        """What runs the network: "onnx" (ONNX Runtime) or "torch"; None without a model."""
+        runner = self._runner
+        return runner.runtime if runner else None
 
     @property
     def device(self) -> str:
@@ -387,6 +450,21 @@ class Classifier:
         return future
 
     @property
+    def worker_alive(self) -> bool:
+        """False once closed, or while the worker thread is dead (the next classify() starts a new one)."""
+        worker = self._worker
+        return not self._closed and (worker is None or worker.is_alive())
+
+    def _report_batch(self, size: int) -> None:
+        hook = self.on_batch
+        if hook is None:
+            return
+        try:
+            hook(size)
+        except Exception:  # a metrics hook must never take the worker down
+            log.exception("on_batch hook failed")
+
+    @property
     def queued(self) -> int:
         return self._pending
 
@@ -422,6 +500,7 @@ class Classifier:
                 results = [failure] * len(batch)
             for job, result in zip(batch, results):
                 self._deliver(job, result)
+            self._report_batch(len(batch))
 
     def _next_batch(self, pending: list[_Job], stopping: bool) -> tuple[list[_Job], bool]:
         """Up to max_batch decoded jobs, oldest first: once one is ready, wait at most max_wait for
@@ -518,6 +597,71 @@ class Classifier:
             self._wake.set()
             worker.join(timeout=30)
         self._pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime on the CPU
+
+class _OnnxModel:
+    """A version's model.onnx in an ONNX Runtime session: a normalised float batch to logits."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from models.onnx_export import INPUT, OUTPUT
+
+        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.contiguous().numpy()})[0])
+
+
+def _open_onnx(folder: Path, meta: ModelMeta, threads: int, required: bool) -> _OnnxModel | None:
+    """The version's ONNX model, exported now if missing or unusable; None (reason logged) when it cannot
+    be had and it is not `required`."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if required:
+            raise KimchiError("The CPU runtime is onnx, but onnxruntime is not installed; "
+                              "pip install onnxruntime, or use auto or torch.") from None
+        log.info("onnxruntime is not installed: %s runs on torch", folder.name)
+        return None
+    try:
+        return _OnnxModel(_onnx_session(folder, meta, threads))
+    except Exception as err:
+        if required:
+            detail = str(err) if isinstance(err, KimchiError) else f"{err.__class__.__name__}: {err}"
+            raise ArtifactError(f"{folder.name} cannot run on ONNX Runtime ({detail.rstrip('.')}); "
+                                f"use the CPU runtime auto or torch.") from err
+        log.error("ONNX Runtime cannot serve %s; serving it with torch", folder.name, exc_info=True)
+        return None
+
+
+def _onnx_session(folder: Path, meta: ModelMeta, threads: int):
+    import onnxruntime as ort
+
+    from models.onnx_export import ONNX, export_onnx, onnx_problem
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", ORT_SPINNING)
+    path = folder / ONNX
+    if path.is_file():
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            problem = onnx_problem(folder, session.get_modelmeta().custom_metadata_map, len(meta.vocab),
+                                   meta.preprocessing.size)
+        except Exception as err:  # a damaged file: onnxruntime's error types vary by version
+            problem = f"it cannot be loaded ({err.__class__.__name__})"
+        if problem is None:
+            return session
+        log.warning("%s is not usable: %s; exporting it again", path, problem)
+    else:
+        log.info("%s has no %s yet; exporting it", folder.name, ONNX)
+    export = export_onnx(folder)
+    return ort.InferenceSession(export.data, options, providers=["CPUExecutionProvider"])
 
 
 def _load_and_prepare(runner: _Runner, load: Callable[[], bytes]) -> _Prepared:

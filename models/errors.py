@@ -27,6 +27,30 @@ class UnknownLabel(KimchiError):
         self.suggestion = suggestion
 
 
+class NotAClass(UnknownLabel):
+    """A real kimchi that is not one of the classes (e.g. 동치미); `name` is its canonical Korean name.
+
+    Never carries a suggestion: mapping it to a class would teach the model a wrong label.
+    """
+
+    def __init__(self, text: str, name: str) -> None:
+        KimchiError.__init__(self, f"{name} is a kimchi, but not one of the classes I know yet.")
+        self.text = text
+        self.name = name
+        self.suggestion = None
+
+
+class LabelTooLong(UnknownLabel):
+    """Label text longer than `limit` characters; refused before any matching, and never echoed."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        KimchiError.__init__(self, f"A kimchi name has at most {limit} characters; this text has {length}.")
+        self.text = ""  # the text itself is not kept: whoever formats this error cannot echo it
+        self.length = length
+        self.limit = limit
+        self.suggestion = None
+
+
 class Busy(KimchiError):
     """The engine's queue is full; the caller should try again shortly."""
 

@@ -68,3 +68,28 @@ class Home:
         except OSError as err:
             raise KimchiError(f"KIMCHI_HOME={self.root} cannot be used: {err.strerror or err}.") from err
         return self
+
+
+HOLDOUT_KEY = "holdout.key"
+
+
+def holdout_key(home: Home) -> bytes:
+    """The secret that decides each image's side of the frozen holdout (models.trainset.holdout_side).
+
+    Random, made once with mode 0600 and never logged: without it, nobody holding the public dataset can
+    tell which images decide promotions, or craft one that lands there.
+    """
+    path = home.root / HOLDOUT_KEY
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) < 16:
+            raise KimchiError(f"{path} is damaged (too short); remove it only if no retrain has run yet, "
+                              "since a new key moves images between the training set and the holdout.")
+        return key
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(os.urandom(32))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path.read_bytes()

@@ -16,11 +16,12 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from models.artifact import META, WEIGHTS, ModelMeta, fsync_dir, fsync_write, read_meta
+from models.artifact import META, WEIGHTS, ModelMeta, read_meta
+from models.atomic import atomic_write, fsync_dir
+from models.clock import stamp
 from models.errors import ArtifactError, KimchiError, NoModel, UnknownVersion
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^v(\d+)$")
 CURRENT = "current"
 HISTORY = "promotions.jsonl"
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -157,20 +154,26 @@ class Registry:
             self._set_pointer(version, stack, reason or "promote", by)
             return previous
 
+    def rollback_target(self) -> str:
+        """The version a rollback would return to; KimchiError when there is none."""
+        return self._rollback_stack()[-2]
+
     def rollback(self, by: str | None = None) -> str:
         """Return to the version that served before the current one; returns it."""
         with self._locked():
-            pointer = self._pointer()
-            stack = [v for v in pointer["stack"] if v in self.versions()]
-            if len(stack) < 2:
-                raise KimchiError("There is no earlier version to roll back to.")
-            stack.pop()
+            stack = self._rollback_stack()[:-1]
             self._set_pointer(stack[-1], stack, "rollback", by)
             return stack[-1]
 
+    def _rollback_stack(self) -> list[str]:
+        stack = [v for v in self._pointer()["stack"] if v in self.versions()]
+        if len(stack) < 2:
+            raise KimchiError("There is no earlier version to roll back to.")
+        return stack
+
     def _set_pointer(self, version: str, stack: list[str], reason: str, by: str | None = None) -> None:
-        fsync_write(self.root / CURRENT, json.dumps({"version": version, "stack": stack, "at": now_iso()}).encode())
-        entry = {"at": now_iso(), "version": version, "reason": reason, "by": by}
+        atomic_write(self.root / CURRENT, json.dumps({"version": version, "stack": stack, "at": stamp()}).encode())
+        entry = {"at": stamp(), "version": version, "reason": reason, "by": by}
         with open(self.root / HISTORY, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def bot_env(home: Home, fake: FakeTelegram, **extra: str) -> dict[str, str]:
     env = {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_BASE_URL": fake.base_url, "TELEGRAM_API_FILE_URL": fake.file_url,
            "KIMCHI_HOME": str(home.root), "KIMCHI_ADMIN_IDS": str(ADMIN), "KIMCHI_DEVICE": "cpu",
-           "KIMCHI_RATE_LIMIT": "0", "KIMCHI_LOG_LEVEL": "INFO"}
+           "KIMCHI_RATE_LIMIT": "0", "KIMCHI_LOG_LEVEL": "INFO",
+           # every label used, as before trusted corrections; tests of the policy set their own
+           "KIMCHI_CORRECTION_POLICY": "open"}
     env.update(extra)
     return env
 

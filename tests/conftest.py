@@ -1,6 +1,7 @@
 """Shared fixtures: a KIMCHI_HOME per test, synthetic data, and one small model trained once per session."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import warnings
@@ -18,6 +19,28 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".torch-home-unused"))
 
 SESSION_CLASSES = 4
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers():
+    """A test that runs `kimchi-bot` or `kimchi-train` in-process installs the programs' log handlers on
+    the root logger, writing to that test's captured stderr; they must not outlive it."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_kimchi", False)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
+async def fake():
+    """A fake Telegram Bot API server on 127.0.0.1 for this test (tests/telegram_fake.py)."""
+    from tests.botkit import TOKEN
+    from tests.telegram_fake import FakeTelegram
+
+    server = await FakeTelegram(TOKEN).start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture
@@ -55,7 +78,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     make_dataset(data, classes=SESSION_CLASSES, per_class=30, size=(200, 150))
     home = Home(root / "home").ensure()
     recipe = Recipe(arch="efficientnet_lite0", size=64, presize=160, bs=16, epochs=3, freeze_epochs=1, workers=0)
-    outcome = train(data, recipe, Registry(home.models), Progress(False, bars=False), report=False)
+    outcome = train(data, recipe, Registry(home.models), Progress("quiet"), report=False)
     assert outcome.meta.metrics["accuracy"] >= 0.9, "the session model should learn the synthetic classes"
     return Trained(home, data, outcome.version)
 

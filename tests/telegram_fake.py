@@ -45,6 +45,13 @@ class FakeTelegram:
         self.files: dict[str, bytes] = {}
         self.messages: dict[tuple[int, int], dict[str, Any]] = {}
         self.fail_get_file = False
+        # method -> (HTTP status, description): answer that method with this Bot API error instead
+        self.failures: dict[str, tuple[int, str]] = {}
+        self.webhook: dict[str, Any] | None = None  # setWebhook's parameters while a webhook is set
+        self.deliveries: list[int] = []  # HTTP statuses the bot's webhook answered
+        self.downloads: list[str] = []  # file ids fetched over HTTP from the file route
+        self.local_dir: Any = None  # a Path: getFile answers with absolute paths there, like `telegram-bot-api --local`
+        self._client: Any = None  # aiohttp.ClientSession for webhook posts
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count] = {}
@@ -66,6 +73,8 @@ class FakeTelegram:
         return self
 
     async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -83,6 +92,7 @@ class FakeTelegram:
         file_id = request.match_info["path"].split("/")[-1].rsplit(".", 1)[0]
         if file_id not in self.files:
             return web.Response(status=404)
+        self.downloads.append(file_id)
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     async def _api(self, request: web.Request) -> web.Response:
@@ -91,6 +101,10 @@ class FakeTelegram:
         method = request.match_info["method"]
         params, files = await self._params(request)
         call = Call(method, params, time.monotonic(), files)
+        if method in self.failures:
+            status, description = self.failures[method]
+            self.calls.append(call)
+            return web.json_response({"ok": False, "error_code": status, "description": description}, status=status)
         handler = getattr(self, f"_m_{method}", None)
         if handler is not None:
             result = await handler(params, files)
@@ -142,6 +156,17 @@ class FakeTelegram:
                 except asyncio.TimeoutError:
                     pass
 
+    async def _m_setWebhook(self, params, files):
+        self.webhook = params
+        return True
+
+    async def _m_deleteWebhook(self, params, files):
+        self.webhook = None
+        return True
+
+    async def _m_getWebhookInfo(self, params, files):
+        return {"url": (self.webhook or {}).get("url", ""), "has_custom_certificate": False, "pending_update_count": 0}
+
     async def _m_sendMessage(self, params, files):
         return self._bot_message(params, text=params.get("text", ""))
 
@@ -175,6 +200,11 @@ class FakeTelegram:
         if self.fail_get_file or file_id not in self.files:
             return web.json_response({"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"},
                                      status=400)
+        if self.local_dir is not None:
+            path = self.local_dir / f"{file_id}.jpg"
+            path.write_bytes(self.files[file_id])
+            return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(self.files[file_id]),
+                    "file_path": str(path.resolve())}
         return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(self.files[file_id]),
                 "file_path": f"photos/{file_id}.jpg"}
 
@@ -215,6 +245,9 @@ class FakeTelegram:
 
     async def _push(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         update = {"update_id": next(self._update_ids), kind: payload}
+        if self.webhook is not None:  # Telegram posts to the webhook instead of queueing for getUpdates
+            await self.post_update(update)
+            return payload
         async with self._changed:
             self._updates.append(update)
             self._changed.notify_all()
@@ -253,6 +286,19 @@ class FakeTelegram:
         query = {"id": f"q{next(self._file_ids)}", "from": sender, "chat_instance": "ci", "data": data,
                  "message": self.messages[(message["chat"]["id"], message["message_id"])]}
         return await self._push("callback_query", query)
+
+    async def post_update(self, update: dict[str, Any]) -> int:
+        """POST an update to the webhook the bot set, with its secret, as Telegram does; the HTTP status."""
+        import aiohttp
+
+        if self._client is None:
+            self._client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        headers = {}
+        if self.webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook["secret_token"]
+        async with self._client.post(self.webhook["url"], json=update, headers=headers) as response:
+            self.deliveries.append(response.status)
+            return response.status
 
     # -- what tests check ----------------------------------------------------------------------
     async def wait_for(self, predicate: Callable[[Call], bool], timeout: float = 20.0, count: int = 1) -> list[Call]:

@@ -11,7 +11,7 @@ from models.archs import ARCHS, build_model, fold_batchnorm
 def test_inference_tree_matches_vision_learner(arch):
     from fastai.vision.learner import create_vision_model
 
-    from training.recipe import Backbone
+    from training.learner import Backbone
 
     fastai_model = create_vision_model(Backbone(arch), 5, pretrained=False, cut=ARCHS[arch].cut).eval()
     ours = build_model(arch, 5).eval()

@@ -166,7 +166,8 @@ async def test_swap_between_batches_without_failures(trained_copy):
 
 
 async def test_worker_crash_is_reported_and_worker_recovers(trained):
-    classifier = Classifier(trained.registry, trained.version, EngineConfig(device="cpu"))
+    # the torch runtime, whose model's forward can be made to fail (ONNX Runtime's session cannot be patched)
+    classifier = Classifier(trained.registry, trained.version, EngineConfig(device="cpu", cpu_runtime="torch"))
     runner = classifier._runner
     original = runner.model.forward
     calls = {"n": 0}

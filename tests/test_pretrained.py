@@ -28,7 +28,7 @@ def _accuracy(tmp_path: Path, pretrained: bool) -> float:
     from fastai.torch_core import set_seed
 
     from training.config import Recipe
-    from training.recipe import build_dls, build_learner, quiet
+    from training.learner import build_dls, build_learner, quiet
 
     set_seed(0)
     recipe = Recipe(arch="efficientnet_lite0", pretrained=pretrained, size=64, presize=96, bs=16, workers=0,

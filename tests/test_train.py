@@ -10,6 +10,7 @@ from models.artifact import LEARNER, META, WEIGHTS, read_meta
 from models.engine import Classifier, EngineConfig
 from models.registry import Registry
 from tests.imagegen import draw, make_dataset
+from models.protocol import BatchEvent, EpochEvent, parse
 from training.cli import main
 
 
@@ -21,13 +22,14 @@ def test_tiny_train_publishes_a_complete_version(home, tmp_path, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     path = Path(lines[-1])  # the new version's path is the last line of stdout
-    events = [json.loads(l) for l in lines[:-1]]
-    stages = [e["stage"] for e in events]
-    assert stages[0] == "start" and stages[-1] == "done" and stages.count("epoch") == 2
-    epochs = [e for e in events if e["stage"] == "epoch"]
-    assert [e["phase"] for e in epochs] == ["frozen", "unfrozen"]
-    assert all({"train_loss", "valid_loss", "metrics", "elapsed", "total"} <= e.keys() for e in epochs)
-    assert set(epochs[0]["metrics"]) == {"accuracy", "error_rate", "recall_macro", "precision_macro"}
+    events = [parse(line) for line in lines[:-1]]  # every other line is a protocol event
+    kinds = [e.kind for e in events if not isinstance(e, BatchEvent)]
+    assert kinds == ["start", "epoch", "epoch", "stage", "done"]
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert [e.phase for e in epochs] == ["frozen", "unfrozen"] and [e.total for e in epochs] == [2, 2]
+    assert all(e.train_loss is not None and e.valid_loss is not None and e.elapsed > 0 for e in epochs)
+    assert set(epochs[0].metrics) == {"accuracy", "error_rate", "recall_macro", "precision_macro"}
+    assert events[-1].version == "v1" and events[-1].kept_epoch in (1, 2)
 
     assert path == home.models / "v1"
     for name in (WEIGHTS, META, LEARNER, "report/metrics.json", "report/classification_report.txt",
@@ -119,4 +121,11 @@ def test_evaluate_writes_report_and_pictures(trained_copy, tmp_path, capsys):
                  "confusion_matrix_normalized.png"):
         with Image.open(out / name) as img:
             assert img.size[0] >= 300 and np.asarray(img.convert("L")).std() > 10, name
-    assert "→" in (out / "most_confused.txt").read_text() or "(no confusions)" in (out / "most_confused.txt").read_text()
+    confused = np.asarray(metrics["confusion"])
+    off_diagonal = confused - np.diag(np.diag(confused))
+    pairs = [line for line in (out / "most_confused.txt").read_text().splitlines()[1:] if line.strip()]
+    if off_diagonal.any():  # one line per confused pair, with its count
+        assert len(pairs) == np.count_nonzero(off_diagonal) and all(": " in p and "→" in p for p in pairs)
+        assert sum(int(p.rsplit(": ", 1)[1]) for p in pairs) == off_diagonal.sum()
+    else:
+        assert pairs == ["(no confusions)"]

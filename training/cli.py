@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from models.errors import KimchiError
 from models.home import Home
 from models.logs import setup_logging
+from models.protocol import ErrorEvent, Stage, StageEvent
 from models.registry import Registry
 
 log = logging.getLogger("training.cli")
@@ -89,24 +90,34 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     recipe.validate()
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
     count_classes(data_dir)  # a wrong folder fails here, before fastai is imported
+    if args.cache:
+        from training.dataset import presize_large
+
+        presize_large(data_dir, recipe.presize, Path(args.cache).expanduser())
+    from training import distributed
+
+    if args.gpus > 1 and not distributed.launched():  # this process starts the N that train, and waits
+        distributed.check_gpus(args.gpus, recipe.device)
+        return distributed.launch(args.argv, args.gpus)
     from training.progress import Progress
     from training.recipe import train
 
     registry = registry_for(args, home)
-    progress = Progress(json_lines=args.progress == "json")
+    progress = Progress(args.progress if distributed.is_main() else "quiet")  # rank 0 alone reports
     baseline = registry.current()  # the model serving before this run, for --holdout
     try:
         outcome = train(data_dir, recipe, registry, progress)
+        if outcome is None:  # a launched process other than rank 0: its share is done, rank 0 publishes
+            return 0
         if args.holdout:
             from training.compare import compare_on_holdout
 
-            progress.emit("comparing", candidate=outcome.version, current=baseline)
-            result = compare_on_holdout(registry, outcome.version, baseline, Path(args.holdout),
-                                        Path(args.report_dir) if args.report_dir else outcome.path / "report",
-                                        device=recipe.device)
-            progress.emit("compare", **result)
+            progress.emit(StageEvent(stage=Stage.SCORING))
+            progress.emit(compare_on_holdout(registry, outcome.version, baseline, Path(args.holdout),
+                                             Path(args.report_dir) if args.report_dir else outcome.path / "report",
+                                             device=recipe.device))
     except KimchiError as err:
-        progress.emit("error", message=str(err))
+        progress.emit(ErrorEvent(message=str(err)))
         raise
     if args.progress != "json":
         m = outcome.meta.metrics
@@ -223,6 +234,16 @@ def cmd_rollback(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def cmd_export_dataset(args: argparse.Namespace, home: Home) -> int:
+    from training.export import export_dataset
+
+    statuses = ("accepted", "pending", "rejected") if args.status == ["all"] else tuple(args.status or ["accepted"])
+    where, counts = export_dataset(home, Path(args.out).expanduser(), statuses, args.holdout_pct, args.zip)
+    print(", ".join(f"{split}: {n}" for split, n in sorted(counts.items())))
+    print(where)
+    return 0
+
+
 def cmd_import_model(args: argparse.Namespace, home: Home) -> int:
     from training.convert import import_fastai_export
 
@@ -232,6 +253,20 @@ def cmd_import_model(args: argparse.Namespace, home: Home) -> int:
     version, path = import_fastai_export(Path(args.file).expanduser(), registry_for(args, home))
     print(f"imported as {version}")
     print(path)
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace, home: Home) -> int:
+    from models.onnx_export import ONNX, export_onnx
+
+    registry = registry_for(args, home)
+    names = registry.versions() if args.all else [registry.resolve(args.version)]
+    for name in names:
+        result = export_onnx(registry.path(name))
+        if not result.written:
+            raise KimchiError(f"{registry.path(name) / ONNX} could not be written; see the log.")
+        print(f"{name}: {ONNX} written in {result.seconds:.1f} s; max |dp| vs torch {result.max_dp:.1e} "
+              f"on {result.images} {result.source}")
     return 0
 
 
@@ -259,10 +294,32 @@ def cmd_experiments(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, home: Home) -> int:
+    from training.audit import audited_event, read_items, run_audit
+    from training.progress import Progress
+
+    out = Path(args.out).expanduser() if args.out else home.root / "audit"
+    if args.items:
+        shas, data = read_items(Path(args.items).expanduser())
+    else:
+        shas, data = None, Path(args.data_dir).expanduser() if args.data_dir else home.base
+    progress = Progress(args.progress)
+    try:
+        result = run_audit(data, registry_for(args, home), args.model, out, folds=args.folds, device=args.device)
+    except KimchiError as err:
+        progress.emit(ErrorEvent(message=str(err)))
+        raise
+    if progress.json:
+        progress.emit(audited_event(result, shas))
+    else:
+        print(result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kimchi-train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kimchi-train", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--home", help="KIMCHI_HOME (default: $KIMCHI_HOME or ~/.kimchi)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -279,14 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoder processes (default: one per CPU)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("train", help="train the recipe and publish a new model version")
+    p = sub.add_parser("train", help="train the recipe and publish a new model version", allow_abbrev=False)
     p.add_argument("data_dir", nargs="?", help="folder per class (default KIMCHI_HOME/data/base)")
     add_recipe_args(p)
     p.add_argument("--models-dir", help="registry folder (default KIMCHI_HOME/models)")
-    p.add_argument("--progress", choices=["bar", "json"], default="bar")
+    p.add_argument("--progress", choices=["auto", "bar", "plain", "json", "quiet"], default="auto",
+                   help="auto (default): bars at a terminal, plain lines otherwise; json: the trainer protocol")
     p.add_argument("--holdout", metavar="FILE", help="JSON lines {path, label, source}: score the new version and "
                    "the current one on them (used by /retrain)")
     p.add_argument("--report-dir", help="where --holdout writes compare.json and its confusion matrix")
+    p.add_argument("--cache", metavar="DIR", help="first replace images larger than --presize in DATA_DIR by "
+                   "presized copies kept in DIR (by content hash; used by /retrain for users' full-size photos)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="train in N processes, one per GPU, under `accelerate launch` (with --device cpu: N CPU "
+                        "processes); rank 0 writes the version")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="report and pictures for a version on a data folder")
@@ -323,10 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_rollback)
 
+    p = sub.add_parser("export-dataset", help="the bot's dataset as an ImageFolder tree with metadata.csv")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--status", action="append", choices=["accepted", "pending", "rejected", "all"],
+                   help="labels with this status (repeatable; default accepted)")
+    p.add_argument("--holdout-pct", type=float, default=10.0,
+                   help="for images no retrain has placed yet: the bot's KIMCHI_HOLDOUT_PCT (10)")
+    p.add_argument("--zip", action="store_true", help="also pack OUT into OUT.zip")
+    p.set_defaults(func=cmd_export_dataset)
+
     p = sub.add_parser("import-model", help="convert a fastai learn.export() .pkl to the safe format")
     p.add_argument("file")
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_import_model)
+
+    p = sub.add_parser("export-onnx", help="write VERSION's model.onnx for the CPU runtime, checked against torch")
+    p.add_argument("version", nargs="?", default="current")
+    p.add_argument("--all", action="store_true", help="every version")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("lr-find", help="fastai's lr_find: suggested learning rates and the plot")
     p.add_argument("data_dir", nargs="?")
@@ -342,12 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="AI Hub folders to import for the grid (overrides [defaults] source)")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation accuracy")
     p.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("audit", help="find suspect labels, outliers and near-duplicates (cleanlab on the model's embeddings)")
+    p.add_argument("data_dir", nargs="?", help="folder per class (default KIMCHI_HOME/data/base)")
+    p.add_argument("--model", default="current", metavar="VERSION", help="the version whose body embeds the images")
+    p.add_argument("--out", help="folder for audit.csv and suspects.png (default KIMCHI_HOME/audit)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the out-of-fold logistic regression (5)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--items", metavar="FILE", help="audit the images listed in FILE (JSON lines {path, label, sha256}) "
+                   "instead of a folder (used by /retrain)")
+    p.add_argument("--progress", choices=["auto", "json", "quiet"], default="auto",
+                   help="json: one `audited` protocol event with flags and near-duplicate groups by sha256")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` runs it again under accelerate
     home = Home.from_env(args.home)
     setup_logging(home.logs / "kimchi-train.log", logging.DEBUG if args.verbose else logging.WARNING)
     import warnings

@@ -12,7 +12,8 @@ import torch
 from models.archs import ARCHS, build_model
 from models.artifact import LEARNER, ModelMeta, Preprocessing, save_artifact
 from models.errors import KimchiError
-from models.registry import Registry, now_iso
+from models.clock import stamp
+from models.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def import_fastai_export(path: Path, registry: Registry) -> tuple[str, Path]:
     model = build_model(arch, len(vocab))
     model.load_state_dict(learn.model.state_dict())
     meta = ModelMeta(arch=arch, vocab=vocab, preprocessing=preprocessing_of(learn), source=f"import-model {path.name}",
-                     created_at=now_iso())
+                     created_at=stamp())
     staging = registry.staging()
     try:
         save_artifact(staging, model, meta)

@@ -16,13 +16,16 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.artifact import fsync_dir
+from PIL import Image
+
+from models.atomic import atomic_write, fsync_dir
 from models.datafiles import (IMAGE_SUFFIXES, MANIFEST, file_sha256, image_files, jpeg_bytes, label_of, presized,
                               read_manifest)
 from models.errors import ImageRejected, KimchiError
 from models.labels import is_known, nfc
 from models.preprocess import ImageLimits, decode_rgb
-from models.registry import now_iso
+from models.clock import stamp
+from models.trainset import link_into
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +181,7 @@ def _process(job: _Job) -> dict:
         img = presized(img, job.presize)
         dest = Path(job.dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(jpeg_bytes(img))
-        os.replace(tmp, dest)
+        atomic_write(dest, jpeg_bytes(img))
         return {"ok": True, "size": list(img.size), "crop": crop_used, "note": note}
     except ImageRejected as err:
         return {"ok": False, "reason": err.reason, "detail": err.detail}
@@ -297,7 +298,7 @@ def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table:
             if result["note"]:
                 log.info("%s: %s", path, result["note"])
             row = {"path": f"{name}/{sha}.jpg", "class": name, "sha256": sha, "source": str(path),
-                   "crop": result["crop"], "size": result["size"], "imported_at": now_iso()}
+                   "crop": result["crop"], "size": result["size"], "imported_at": stamp()}
             known[sha] = row
             manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -360,3 +361,32 @@ def fingerprint(data_dir: Path) -> str:
     for path in image_files(data_dir):
         h.update(f"{path.relative_to(data_dir)}\0{path.stat().st_size}\n".encode())
     return h.hexdigest()[:16]
+
+
+def presize_large(data_dir: Path, presize: int, cache: Path) -> int:
+    """Replace images in `data_dir` whose shorter side exceeds `presize` by presized copies kept in `cache`.
+
+    A retrain's folder links users' full-size phone photos; presizing them once (by content hash, so the
+    next retrain reuses the copy) spares every epoch a full-size decode. Returns how many were replaced.
+    """
+    if not presize:
+        return 0
+    folder = Path(cache) / f"presized-{presize}"
+    replaced = 0
+    for path in image_files(data_dir):
+        try:
+            with Image.open(path) as header:
+                if min(header.size) <= presize:
+                    continue
+            target = folder / f"{file_sha256(path)}.jpg"
+            if not target.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write(target, jpeg_bytes(presized(decode_rgb(path.read_bytes(), IMPORT_LIMITS), presize)))
+        except (ImageRejected, OSError) as err:
+            log.warning("%s cannot be read (%s); left out", path, err)
+            path.unlink(missing_ok=True)
+            continue
+        path.unlink()
+        link_into(path, target)
+        replaced += 1
+    return replaced

@@ -15,6 +15,7 @@ from models.artifact import WEIGHTS, ModelMeta
 from models.errors import KimchiError
 from models.labels import nfc
 from models.registry import Registry
+from training.learner import build_datablock, build_learner, quiet, train_device
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
 
     from models.datafiles import image_files
     from training.dataset import count_classes
-    from training.recipe import build_datablock, build_learner, train_device
 
     name = registry.resolve(version)
     meta = registry.meta(name)
@@ -111,8 +111,6 @@ def evaluate_version(registry: Registry, version: str, data_dir: Path, out: Path
                      test: bool = False, pictures: bool = True, bs: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Evaluate `version` on the validation split of `data_dir` (or on all of it with `test`)."""
     learn, meta, name = learner_for_version(registry, version, data_dir, bs=bs)
-    from training.recipe import quiet
-
     quiet(learn)
     if test:
         items = learn.dls.train.items + learn.dls.valid.items

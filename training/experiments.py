@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.artifact import fsync_write
+from models.atomic import atomic_write
 from models.errors import KimchiError
 from models.home import Home
-from models.registry import Registry, now_iso
+from models.clock import stamp
+from models.registry import Registry
 from training.config import Recipe
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def data_for(grid: Grid, run: RunSpec, home: Home) -> Path:
     if not done.is_file():
         summary = import_dataset(grid.source, folder, per_class=grid.per_class, crop=run.crop, presize=presize)
         log.info("imported %s for %s: %s", grid.source, run.name, summary.lines()[-1])
-        done.write_text(now_iso())
+        done.write_text(stamp())
     return folder
 
 
@@ -188,7 +189,7 @@ def run_one(run: RunSpec, data: Path, folder: Path, registry: Registry, tta: boo
     from training.recipe import train
 
     started = time.monotonic()
-    outcome = train(data, run.recipe, registry, Progress(False, bars=False), report=False)
+    outcome = train(data, run.recipe, registry, Progress("quiet"), report=False)
     learn = outcome.learn
     result = evaluate_learner(learn, learn.dls.valid, tta=tta)
     metrics = result.write(folder / "report", title=run.name)
@@ -241,8 +242,8 @@ def run_grid(config: Path, home: Home, out: Path | None = None, force: bool = Fa
         folder.mkdir(parents=True, exist_ok=True)
         result = run_one(run, data, folder, registry, tta)
         record = {"name": run.name, "config_hash": digest, "settings": run.settings, "recipe": asdict(run.recipe),
-                  "data": str(data), "finished_at": now_iso(), **result}
-        fsync_write(record_path, json.dumps(record, ensure_ascii=False, indent=2, default=str).encode("utf-8"))
+                  "data": str(data), "finished_at": stamp(), **result}
+        atomic_write(record_path, json.dumps(record, ensure_ascii=False, indent=2, default=str).encode("utf-8"))
         rows.append(result["row"])
         print(f"{run.name}: accuracy {result['row']['accuracy']:.4f}, kept epoch {result['row']['kept_epoch']}", flush=True)
     write_results(out, rows)

@@ -6,7 +6,7 @@ from pathlib import Path
 from training.fonts import use_korean_font
 from training.config import Recipe
 from training.dataset import count_classes
-from training.recipe import build_dls, build_learner, quiet
+from training.learner import build_dls, build_learner, quiet
 
 
 def run_lr_find(data_dir: Path, recipe: Recipe, out: Path) -> dict[str, float]:

