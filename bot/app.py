@@ -118,8 +118,7 @@ async def on_start(app: Application) -> None:
     engine: Engine = app.bot_data.pop("engine", None) or build_engine(settings)
     serving = Serving(engine.registry, engine.classifier)
     ledger = Ledger(store, settings)
-    svc = Services(settings=settings, store=store, classifier=engine.classifier, registry=engine.registry,
-                   limiter=RateLimiter(settings.rate_limit), serving=serving,
+    svc = Services(settings=settings, store=store, limiter=RateLimiter(settings.rate_limit), serving=serving,
                    actions=RateLimiter(settings.action_rate_limit),
                    corrections=RateLimiter(settings.corrections_per_day, window_s=24 * 3600),
                    retrain=RetrainSupervisor(settings, store, serving, admin.TelegramNotifier(app), ledger),

@@ -104,10 +104,8 @@ class PhotoCache:
 class Services:
     settings: Settings
     store: Store
-    classifier: Classifier
-    registry: Registry
     limiter: RateLimiter
-    serving: "Serving"
+    serving: "Serving"  # the engine and the registry, which move together
     retrain: "RetrainSupervisor"
     ledger: "Ledger"
     base_labels: dict[str, str] = field(default_factory=dict)  # sha256 -> label of the base set
@@ -116,6 +114,14 @@ class Services:
     photos: PhotoCache = field(default_factory=PhotoCache)
     # Downloads in flight at once: each may hold up to the download cap in memory.
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.serving.classifier
+
+    @property
+    def registry(self) -> Registry:
+        return self.serving.registry
 
 
 def services(context: ContextTypes.DEFAULT_TYPE) -> Services:

@@ -124,7 +124,7 @@ class _PooledOnnx:
             import onnx
             import onnxruntime as ort
 
-            from models.engine import ORT_SPINNING, _onnx_session
+            from models.engine import _onnx_session, ort_options
             from models.onnx_export import ONNX
         except ImportError as err:
             log.info("embeddings run on torch (%s)", err)
@@ -136,13 +136,8 @@ class _PooledOnnx:
             flat = [node for node in graph.graph.node if node.op_type == "Flatten"][-1]  # the head's; bodies have none
             del graph.graph.output[:]
             graph.graph.output.append(onnx.helper.make_tensor_value_info(flat.output[0], onnx.TensorProto.FLOAT, None))
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.log_severity_level = 3
-            options.add_session_config_entry("session.intra_op.allow_spinning", ORT_SPINNING)
-            pooled = cls(ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"]),
+            pooled = cls(ort.InferenceSession(graph.SerializeToString(), ort_options(threads),
+                                              providers=["CPUExecutionProvider"]),
                          flat.output[0])
             x = torch.randn(2, 3, runner.pre.size, runner.pre.size, generator=torch.Generator().manual_seed(0))
             reference = runner._torch_features(x)

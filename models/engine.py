@@ -636,10 +636,10 @@ def _open_onnx(folder: Path, meta: ModelMeta, threads: int, required: bool) -> _
         return None
 
 
-def _onnx_session(folder: Path, meta: ModelMeta, threads: int):
+def ort_options(threads: int):
+    """ONNX Runtime's session options as the engine plans them: `threads` intra-op threads, sequential,
+    quiet, and idle threads that sleep rather than spin (they share two cores with the decoders)."""
     import onnxruntime as ort
-
-    from models.onnx_export import ONNX, export_onnx, onnx_problem
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -647,6 +647,15 @@ def _onnx_session(folder: Path, meta: ModelMeta, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", ORT_SPINNING)
+    return options
+
+
+def _onnx_session(folder: Path, meta: ModelMeta, threads: int):
+    import onnxruntime as ort
+
+    from models.onnx_export import ONNX, export_onnx, onnx_problem
+
+    options = ort_options(threads)
     path = folder / ONNX
     if path.is_file():
         try:
