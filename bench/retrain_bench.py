@@ -4,6 +4,13 @@
         This CPU, the tiny config, through the real bot and a fake Bot API: from the admin's /retrain to the
         decision message (training set, trainer subprocess, holdout comparison, promotion, live swap).
 
+    python bench/retrain_bench.py --mode recipes --classes 11 --per-class 100
+        Issue 13's CPU retrain: for each recipe (the blog's resnet18, efficientnet_lite0 at the blog's epochs,
+        the cpu-fast preset; or --recipe NAME='FLAGS'), the real bot's /retrain from the admin's command to
+        the decision, on the same imported 1280x960 photos and the same serving model (efficientnet_lite0,
+        one frozen epoch), audit included. Prints each run's seconds to the counts message (training set and
+        audit) and to the decision, and the candidate's holdout accuracy.
+
     python bench/retrain_bench.py --mode trainer --classes 11 --per-class 500
         The blog's config (resnet18, fine_tune(5, freeze_epochs=1)) on synthetic 1280x960 photos, driven the
         way /retrain drives it, without Telegram: the set is presized once at import (the cache), then
@@ -55,6 +62,69 @@ async def bot_mode(home_dir: Path) -> dict:
         await fake.stop()
     return {"mode": "bot", "config": tiny, "to_counts_s": round(counts.at - started, 2),
             "to_decision_s": round(decision.at - started, 2), "decision": decision.params["text"].splitlines()[0]}
+
+
+RECIPES = {
+    # resnet18's ImageNet weights cannot be downloaded offline; the time per epoch does not depend on them.
+    "resnet18 (blog)": "--no-pretrained",
+    "efficientnet_lite0 (blog epochs)": "--arch efficientnet_lite0",
+    "cpu-fast preset": "--preset cpu-fast",
+    "cpu-fast with resnet18": "--preset cpu-fast --arch resnet18 --no-pretrained --channels-last on",
+}
+
+
+async def recipes_mode(work: Path, classes: int, per_class: int, recipes: dict[str, str]) -> list[dict]:
+    """Each recipe's /retrain through the real bot, from the same starting home."""
+    import shutil
+
+    from models.home import Home
+    from models.labels import CLASS_NAMES
+    from models.registry import Registry
+    from tests.botkit import ADMIN, TOKEN, running_bot
+    from tests.imagegen import draw, encode
+    from tests.telegram_fake import FakeTelegram, user
+    from train_bench import make_photos
+    from training.config import Recipe
+    from training.dataset import import_dataset
+    from training.progress import Progress
+    from training.recipe import train
+
+    template = Home(work / "template").ensure()
+    if not Registry(template.models).current():
+        make_photos(work / "raw", classes, per_class)
+        import_dataset(work / "raw", template.base, presize=460)
+        serving = Recipe(arch="efficientnet_lite0", presize=256, epochs=0, freeze_epochs=1, bs=32, workers=0)
+        train(template.base, serving, Registry(template.models), Progress("quiet"), report=False)
+    results = []
+    for name, flags in recipes.items():
+        root = work / name.replace(" ", "_").replace("(", "").replace(")", "")
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(template.root, root)
+        home = Home(root)
+        fake = await FakeTelegram(TOKEN).start()
+        try:
+            async with running_bot(home, fake, KIMCHI_TRAIN_ARGS=f"{flags} --workers 0",
+                                   KIMCHI_RETRAIN_MIN_PER_CLASS="5", KIMCHI_RETRAIN_TIMEOUT_MIN="120"):
+                for i in range(4):  # what a retrain needs: something new from users
+                    person = user(100 + i)
+                    sent = await fake.send_photo(person, encode(draw(i, (1280, 960), seed=900 + i), "JPEG", quality=87))
+                    await fake.reply_to(sent)
+                    await fake.reply_to(await fake.send_text(person, f"/correct {CLASS_NAMES[i]}"))
+                started = time.monotonic()
+                await fake.send_text(user(ADMIN, "en"), "/retrain")
+                counts = (await fake.wait_for(lambda c: "Training data" in c.params.get("text", ""), timeout=900))[0]
+                decision = (await fake.wait_for(lambda c: "Promoted" in c.params.get("text", "")
+                                                or "did not promote" in c.params.get("text", "")
+                                                or "failed" in c.params.get("text", ""), timeout=7200))[0]
+        finally:
+            await fake.stop()
+        scores = [json.loads(p.read_text()) for p in sorted(home.runs.glob("*/compare.json"))]
+        row = {"recipe": name, "flags": flags, "to_counts_s": round(counts.at - started, 1),
+               "to_decision_s": round(decision.at - started, 1), "decision": decision.params["text"].splitlines()[0],
+               "compare": scores[-1] if scores else None}
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+        results.append(row)
+    return results
 
 
 def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> dict:
@@ -116,7 +186,9 @@ def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["bot", "trainer"], default="bot")
+    parser.add_argument("--mode", choices=["bot", "recipes", "trainer"], default="bot")
+    parser.add_argument("--recipe", action="append", metavar="NAME=FLAGS",
+                        help="recipes mode: a recipe to time instead of the default three (repeatable)")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--per-class", type=int, default=30)
     parser.add_argument("--work", type=Path)
@@ -126,6 +198,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="kimchi-retrain-bench-"))
     if args.mode == "bot":
         result = asyncio.run(bot_mode(work))
+    elif args.mode == "recipes":
+        chosen = dict(r.split("=", 1) for r in args.recipe) if args.recipe else RECIPES
+        result = {"mode": "recipes", "images": args.classes * args.per_class,
+                  "runs": asyncio.run(recipes_mode(work, args.classes, args.per_class, chosen))}
     else:
         result = trainer_mode(work, args.classes, args.per_class, args.extra)
     result["machine"] = machine()

@@ -41,7 +41,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KIMCHI_ASK_MARGIN": ("0.15", "when the top two are closer than this, the answer asks 'A?' / 'B?' with one button each"),
     "KIMCHI_CORRECTIONS_PER_DAY": ("200", "corrections and confirmations per user per day (admins: no limit); 0 turns it off"),
     "KIMCHI_MAX_BATCH": ("32", "engine: largest micro-batch"),
-    "KIMCHI_MAX_WAIT_MS": ("2", "engine: how long a photo may wait for companions in its batch"),
+    "KIMCHI_MAX_WAIT_MS": ("2", "engine: how long a decoded photo may wait for companions still being decoded"),
     "KIMCHI_QUEUE_LIMIT": ("64", "engine: photos waiting beyond which users are asked to retry"),
     "KIMCHI_MAX_PIXELS": ("40000000", "largest image accepted, in pixels (12-MP phone photos pass)"),
     "KIMCHI_CORRECTION_WINDOW_HOURS": ("24", "how far back /correct looks for the user's latest prediction"),
@@ -58,6 +58,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KIMCHI_LISTEN": ("", "host:port of the bot's HTTP server (/healthz, /metrics, the webhook); webhook mode: 127.0.0.1:8080 when unset"),
     "KIMCHI_WEBHOOK_MAX_CONNECTIONS": ("40", "webhook mode: most simultaneous connections Telegram opens (1-100)"),
     "KIMCHI_DROP_PENDING_UPDATES": ("0", "1: drop updates that waited while the bot was down"),
+    "KIMCHI_HTTP_CLIENT": ("aiohttp", "how the bot calls the Bot API: aiohttp (about 1 ms less per call than httpx on 2 cores) or httpx (PTB's own)"),
     "TELEGRAM_LOCAL_MODE": ("0", "1: the Bot API server is a local one started with --local (files by local path)"),
     "KIMCHI_MAX_DOWNLOAD_MB": ("20", "largest photo or image file downloaded, in MB; above 20 only with TELEGRAM_LOCAL_MODE=1 (up to 2000)"),
     "KIMCHI_TRAIN_GPUS": ("1", "GPUs /retrain trains on (kimchi-train train --gpus N, under accelerate launch)"),
@@ -124,6 +125,7 @@ class Settings:
     local_mode: bool = False
     max_download_mb: int = CLOUD_DOWNLOAD_LIMIT_MB
     train_gpus: int = 1
+    http_client: str = "aiohttp"
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> "Settings":
@@ -148,6 +150,7 @@ class Settings:
             admin_ids=_ids(values["KIMCHI_ADMIN_IDS"]),
             device=_choice("KIMCHI_DEVICE", values["KIMCHI_DEVICE"], ("auto", "cpu", "cuda")),
             cpu_runtime=_choice("KIMCHI_CPU_RUNTIME", values["KIMCHI_CPU_RUNTIME"], ("auto", "onnx", "torch")),
+            http_client=_choice("KIMCHI_HTTP_CLIENT", values["KIMCHI_HTTP_CLIENT"], ("aiohttp", "httpx")),
             confidence_threshold=_number("KIMCHI_CONFIDENCE_THRESHOLD", values, float, 0, 1),
             rate_limit=_number("KIMCHI_RATE_LIMIT", values, int, 0, 10_000),
             max_batch=_number("KIMCHI_MAX_BATCH", values, int, 1, 4096),

@@ -24,6 +24,7 @@ from telegram import Bot, User
 from telegram.error import Conflict, InvalidToken, NetworkError, TelegramError, TimedOut
 from telegram.ext import Application
 
+from bot.botapi import AiohttpRequest
 from bot.gate import ALLOWED_UPDATES
 from bot.settings import Settings
 from models.errors import KimchiError
@@ -66,7 +67,8 @@ async def check_only(settings: Settings) -> User:
     """`kimchi-bot --check`: the same getMe and webhook check, without the probe that would interrupt a
     running instance's long poll."""
     bot = Bot(settings.token, base_url=settings.base_url, base_file_url=settings.file_url,
-              local_mode=settings.local_mode)
+              local_mode=settings.local_mode,
+              request=AiohttpRequest() if settings.http_client == "aiohttp" else None)
     me = await check_bot_api(bot, settings, polling=not settings.webhook_mode, probe_s=0)
     await bot.shutdown()
     return me
@@ -104,8 +106,10 @@ def another_instance_sentence() -> str:
 
 
 def _no_answer(err: TelegramError) -> bool:
-    """No HTTP answer at all (PTB wraps httpx's transport errors), as opposed to an error the API sent."""
-    return isinstance(err, TimedOut) or (isinstance(err, NetworkError) and err.message.startswith("httpx."))
+    """No HTTP answer at all (transport errors, wrapped by PTB's request classes and bot.botapi), as opposed
+    to an error the API sent."""
+    transport = isinstance(err, NetworkError) and err.message.startswith(("httpx.", "aiohttp."))
+    return isinstance(err, TimedOut) or transport
 
 
 def _chain(err: BaseException) -> list[BaseException]:

@@ -40,7 +40,8 @@ class Redacting(logging.Formatter):
 
 
 def setup_logging(log_file: Path | None, console_level: int = logging.WARNING,
-                  quiet: tuple[str, ...] = ("PIL", "matplotlib", "fastai", "fastprogress", "httpx", "httpcore"),
+                  quiet: tuple[str, ...] = ("PIL", "matplotlib", "fastai", "fastprogress", "httpx", "httpcore",
+                                            "aiohttp"),
                   secrets: Sequence[str] = ()) -> None:
     """One-line records on the console; the file rotates by size; `secrets` are replaced everywhere."""
     root = logging.getLogger()

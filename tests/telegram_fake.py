@@ -57,6 +57,7 @@ class FakeTelegram:
         self._message_ids: dict[int, itertools.count] = {}
         self._file_ids = itertools.count(1)
         self._changed = asyncio.Condition()
+        self._stopping = False
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -73,6 +74,9 @@ class FakeTelegram:
         return self
 
     async def stop(self) -> None:
+        self._stopping = True  # long polls still open (a bot process that was killed) answer now
+        async with self._changed:
+            self._changed.notify_all()
         if self._client is not None:
             await self._client.close()
         if self._runner is not None:
@@ -149,7 +153,7 @@ class FakeTelegram:
         async with self._changed:
             while True:
                 self._updates = [u for u in self._updates if u["update_id"] >= offset]
-                if self._updates or time.monotonic() >= deadline:
+                if self._updates or time.monotonic() >= deadline or self._stopping:
                     return list(self._updates[: int(params.get("limit") or 100)])
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, deadline - time.monotonic()))

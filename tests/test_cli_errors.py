@@ -88,3 +88,20 @@ def test_console_script_reports_one_sentence(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().endswith("import images first (kimchi-train import SRC).")
+
+
+def test_presets_name_recipes_and_flags_beside_them_win():
+    from training.cli import build_parser, recipe_from_args
+    from training.config import PRESETS, Recipe
+
+    def recipe(*argv):
+        return recipe_from_args(build_parser().parse_args(["train", *argv]))
+
+    assert recipe() == Recipe()  # no preset: the blog's recipe, unchanged
+    fast = recipe("--preset", "cpu-fast")
+    assert (fast.arch, fast.presize, fast.epochs, fast.size) == ("efficientnet_lite0", 192, 2, 160)
+    assert fast == Recipe(**PRESETS["cpu-fast"][1])
+    mixed = recipe("--preset", "cpu-fast", "--epochs", "4", "--size", "128")
+    assert (mixed.arch, mixed.epochs, mixed.size, mixed.presize) == ("efficientnet_lite0", 4, 128, 192)
+    for name in PRESETS:
+        Recipe.from_preset(name).validate()

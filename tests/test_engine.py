@@ -3,6 +3,7 @@ import asyncio
 import io
 import shutil
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -123,6 +124,18 @@ async def test_concurrent_requests_are_micro_batched(trained):
     assert sum(r.label == ("배추김치", "오이소박이", "파김치", "열무김치")[i % 4] for i, r in enumerate(results)) >= 38
     sizes = [size for size, _ in classifier.batches]
     assert sum(sizes) == 40 and max(sizes) > 1 and max(sizes) <= 16
+
+
+async def test_a_lone_photo_does_not_wait_for_companions(trained):
+    """max_wait only holds a decoded photo while others are still decoding; alone, it runs at once."""
+    classifier = Classifier(trained.registry, trained.version, EngineConfig(device="cpu", max_wait_ms=5000))
+    data = encode(draw(0, (160, 120)))
+    await classifier.classify(data)  # warm
+    started = time.monotonic()
+    result = await classifier.classify(data)
+    elapsed = time.monotonic() - started
+    classifier.close()
+    assert result.label == "배추김치" and elapsed < 2.5, elapsed
 
 
 async def test_full_queue_raises_busy_at_once(trained):

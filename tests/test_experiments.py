@@ -22,7 +22,7 @@ def _aihub(root: Path) -> Path:
         folder = root / name
         folder.mkdir(parents=True)
         lines = []
-        for i in range(14):
+        for i in range(9):
             draw(index, (96, 72), seed=i).save(folder / f"Img_00{index}_{i:04d}.jpg")
             lines.append(f"Img_00{index}_{i:04d}=16,8,64,56")
         (folder / "crop_area.properties").write_text("\n".join(lines), encoding="utf-8")

@@ -28,7 +28,12 @@ log = logging.getLogger("training.cli")
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     """The recipe's flags; defaults live in training.recipe.Recipe, so None here means 'default'."""
+    from training.config import PRESETS
+
     g = p.add_argument_group("recipe (defaults: the blog's)")
+    g.add_argument("--preset", choices=list(PRESETS), default="blog",
+                   help="; ".join(f"{name}: {about}" for name, (about, _) in PRESETS.items())
+                   + ". Flags given beside it win")
     g.add_argument("--arch", help="resnet18 (default), resnet34, resnet50, efficientnet_v2_s, efficientnet_lite0")
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
                    help="start from random weights")
@@ -58,7 +63,7 @@ def recipe_from_args(args: argparse.Namespace):
     from training.config import Recipe
 
     values = {name: getattr(args, name) for name in Recipe.field_names() if getattr(args, name, None) is not None}
-    return Recipe(**values)
+    return Recipe.from_preset(getattr(args, "preset", "blog"), **values)
 
 
 def registry_for(args: argparse.Namespace, home: Home) -> Registry:

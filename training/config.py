@@ -42,6 +42,13 @@ class Recipe:
     def field_names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
 
+    @classmethod
+    def from_preset(cls, preset: str = "blog", **overrides: object) -> "Recipe":
+        """The named preset, with `overrides` (flags given beside it) on top."""
+        if preset not in PRESETS:
+            raise KimchiError(f"Unknown preset '{preset}'; use {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[preset][1], **overrides})
+
     def validate(self) -> None:
         get_spec(self.arch)
         problems = []
@@ -74,3 +81,15 @@ class Recipe:
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return get_spec(self.arch).stats
+
+
+# Named recipes, for `--preset NAME` (flags given beside a preset still win) and KIMCHI_TRAIN_ARGS.
+# name -> (what it is for, the fields it changes). The README's "CPU retrain" table has their measured
+# time and accuracy (bench/retrain_bench.py --mode bot).
+PRESETS: dict[str, tuple[str, dict[str, object]]] = {
+    "blog": ("the blog's recipe: resnet18, Resize(460), 224 px, fine_tune(5, freeze_epochs=1)", {}),
+    "cpu-fast": ("a retrain a CPU box finishes while you wait: efficientnet_lite0 (ImageNet weights bundled), "
+                 "Resize(192), 160 px, fine_tune(2, freeze_epochs=1)",
+                 {"arch": "efficientnet_lite0", "presize": 192, "size": 160, "epochs": 2, "freeze_epochs": 1,
+                  "bs": 32}),
+}

@@ -1,0 +1,73 @@
+"""The bot's Bot API client (bot/botapi.py, aiohttp under PTB): what PTB sends arrives whole, a silent server
+is a TimedOut, a closed port a NetworkError with its cause, and PTB's httpx client is still one setting away."""
+import asyncio
+
+import pytest
+from aiohttp import web
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
+from telegram.error import NetworkError, TimedOut
+from telegram.request import HTTPXRequest
+
+from bot.app import build_application
+from bot.botapi import AiohttpRequest
+from bot.settings import Settings
+from bot.startup import reason
+from models.errors import KimchiError
+from tests.botkit import TOKEN, bot_env
+from tests.imagegen import draw, encode
+
+
+async def test_fields_json_and_uploads_reach_the_api(fake):
+    bot = Bot(TOKEN, base_url=fake.base_url, base_file_url=fake.file_url, request=AiohttpRequest())
+    png = encode(draw(2, (64, 48)), "PNG")
+    async with bot:
+        me = await bot.get_me()
+        keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("깍두기", callback_data="c:1:4")]])
+        sent = await bot.send_message(42, "깍두기 — 94%", reply_markup=keyboard)
+        photo = await bot.send_photo(42, png, caption="의심스러운 라벨", filename="suspects.png")
+        file = await bot.get_file(photo.photo[-1].file_id)
+        downloaded = await file.download_as_bytearray()
+    assert me.username == "kimchi_test_bot" and sent.text == "깍두기 — 94%"
+    call = next(c for c in fake.calls if c.method == "sendMessage")
+    assert call.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"] == "c:1:4"
+    upload = next(c for c in fake.calls if c.method == "sendPhoto")
+    assert upload.files["photo"] == png and upload.params["caption"] == "의심스러운 라벨"
+    assert bytes(downloaded) == png
+
+
+async def test_a_silent_server_times_out_and_a_closed_port_says_why(unused_tcp_port):
+    async def never(request):
+        await asyncio.sleep(1)  # far beyond the client's 0.3 s; the server's cleanup waits for it
+        return web.json_response({"ok": True, "result": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/bot{token}/{method}", never)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        slow = Bot(TOKEN, base_url=f"http://127.0.0.1:{port}/bot", request=AiohttpRequest(read_timeout=0.3))
+        with pytest.raises(TimedOut):
+            async with slow:
+                pass  # initialize() calls getMe
+    finally:
+        await runner.cleanup()
+    closed = Bot(TOKEN, base_url=f"http://127.0.0.1:{unused_tcp_port}/bot", request=AiohttpRequest())
+    with pytest.raises(NetworkError) as err:
+        async with closed:
+            pass
+    assert err.value.message.startswith("aiohttp.") and reason(err.value) == "connection refused"
+
+
+async def test_the_client_is_a_setting(fake, home):
+    for name, kind in (("aiohttp", AiohttpRequest), ("httpx", HTTPXRequest)):
+        app = build_application(Settings.load(environ=bot_env(home, fake, KIMCHI_HTTP_CLIENT=name), env_file=None))
+        assert isinstance(app.bot.request, kind)
+        calls = len(fake.calls)
+        async with app:  # initialize: getMe over that client
+            assert app.bot.username == "kimchi_test_bot"
+        assert [c.method for c in fake.calls[calls:]] == ["getMe"]
+    with pytest.raises(KimchiError, match="KIMCHI_HTTP_CLIENT"):
+        Settings.load(environ=bot_env(home, fake, KIMCHI_HTTP_CLIENT="requests"), env_file=None)
