@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from telegram._utils.defaultvalue import DefaultValue
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
 HTTP_CLIENTS = ("aiohttp", "httpx")
+_DEFAULT = type(BaseRequest.DEFAULT_NONE)  # what PTB passes for "no timeout given: use yours"
 
 
 class AiohttpRequest(BaseRequest):
@@ -83,4 +83,4 @@ class AiohttpRequest(BaseRequest):
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
 
     def _default(self, value, name: str) -> float | None:
-        return self._defaults[name] if isinstance(value, DefaultValue) else value
+        return self._defaults[name] if isinstance(value, _DEFAULT) else value

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from bot.botapi import HTTP_CLIENTS
 from models.errors import KimchiError
 from models.home import Home
 
@@ -150,7 +151,7 @@ class Settings:
             admin_ids=_ids(values["KIMCHI_ADMIN_IDS"]),
             device=_choice("KIMCHI_DEVICE", values["KIMCHI_DEVICE"], ("auto", "cpu", "cuda")),
             cpu_runtime=_choice("KIMCHI_CPU_RUNTIME", values["KIMCHI_CPU_RUNTIME"], ("auto", "onnx", "torch")),
-            http_client=_choice("KIMCHI_HTTP_CLIENT", values["KIMCHI_HTTP_CLIENT"], ("aiohttp", "httpx")),
+            http_client=_choice("KIMCHI_HTTP_CLIENT", values["KIMCHI_HTTP_CLIENT"], HTTP_CLIENTS),
             confidence_threshold=_number("KIMCHI_CONFIDENCE_THRESHOLD", values, float, 0, 1),
             rate_limit=_number("KIMCHI_RATE_LIMIT", values, int, 0, 10_000),
             max_batch=_number("KIMCHI_MAX_BATCH", values, int, 1, 4096),
