@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, percentile, photos, report, trained_model  # noqa: E402
+from common import bot_process, machine, percentile, photos, report, trained_model  # noqa: E402
 
 
 ENGINE_LINE = re.compile(r"photo (\S+): .* \(engine ([0-9.]+) ms\)")
@@ -69,7 +69,7 @@ async def run_level(fake, people, blobs, rounds: int, log_file: Path) -> dict:
 
 async def main_async(args) -> dict:
     from models.home import Home
-    from tests.botkit import TOKEN, spawn_bot
+    from tests.botkit import TOKEN
     from tests.telegram_fake import FakeTelegram, user
 
     home = Home(Path(args.home or tempfile.mkdtemp(prefix="kimchi-bot-bench-"))).ensure()
@@ -78,10 +78,7 @@ async def main_async(args) -> dict:
     fake = await FakeTelegram(TOKEN).start()
     log_file = home.logs / "kimchi-bot.log"
     results = {"machine": machine(), "photo": "1280x960 JPEG", "levels": []}
-    process = spawn_bot(home, fake, home.root, KIMCHI_QUEUE_LIMIT="512", KIMCHI_RATE_LIMIT="0",
-                        KIMCHI_LOG_LEVEL="INFO")
-    try:
-        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=120)
+    async with bot_process(home, fake, KIMCHI_QUEUE_LIMIT="512", KIMCHI_RATE_LIMIT="0", KIMCHI_LOG_LEVEL="INFO"):
         warm = user(1)
         for data in blobs[:3]:
             await fake.reply_to(await fake.send_photo(warm, data))
@@ -90,10 +87,6 @@ async def main_async(args) -> dict:
             row = await run_level(fake, people, blobs, rounds, log_file)
             results["levels"].append(row)
             print(row, flush=True)
-    finally:
-        process.terminate()
-        process.wait(60)
-        await fake.stop()
     return results
 
 

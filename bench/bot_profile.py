@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bot_bench import engine_times  # noqa: E402
-from common import machine, photos, report, trained_model  # noqa: E402
+from common import bot_process, machine, photos, report, trained_model  # noqa: E402
 
 
 def stamped_fake(token: str):
@@ -62,7 +62,7 @@ def stamped_fake(token: str):
 
 async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: str = "aiohttp") -> dict:
     from models.home import Home
-    from tests.botkit import TOKEN, spawn_bot
+    from tests.botkit import TOKEN
     from tests.telegram_fake import user
 
     home = Home(home_dir or Path(tempfile.mkdtemp(prefix="kimchi-bot-profile-"))).ensure()
@@ -72,38 +72,34 @@ async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: s
     log_file = home.logs / "kimchi-bot.log"
     extra = {"KIMCHI_QUEUE_LIMIT": "512", "KIMCHI_RATE_LIMIT": "0", "KIMCHI_LOG_LEVEL": "INFO",
              "KIMCHI_HTTP_CLIENT": client}
-    process = spawn_bot(home, fake, home.root, **extra)
     spy = None
     steps: dict[str, list[float]] = {k: [] for k in ("poll", "dispatch", "get_file", "reply", "total")}
     uids: list[tuple[str, float, float]] = []
-    try:
-        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=180)
-        person = user(4242)
-        for i, data in enumerate(blobs):
-            pushed = time.monotonic()
-            sent = await fake.send_photo(person, data)
-            reply = await fake.reply_to(sent, timeout=120)
-            if i < 3:  # warm-up
-                if i == 2 and spy_out is not None:
-                    spy = _start_py_spy(process.pid, spy_out)
-                continue
-            file_id = sent["photo"][-1]["file_id"]
-            get_file = next(c for c in fake.calls if c.method == "getFile" and c.params.get("file_id") == file_id)
-            update_id = max(fake.polled)  # one at a time: the newest update is this photo's
-            polled, fetched = fake.polled[update_id], fake.fetched[file_id]
-            steps["poll"].append(polled - pushed)
-            steps["dispatch"].append(get_file.at - polled)
-            steps["get_file"].append(fetched - get_file.at)
-            steps["total"].append(reply.at - pushed)
-            uids.append((sent["photo"][-1]["file_unique_id"], reply.at - fetched, reply.at - pushed))
-            await asyncio.sleep(0.05)  # one user, one photo at a time, as a person sends them
-    finally:
-        if spy is not None:
-            spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
-            spy.wait(60)
-        process.terminate()
-        process.wait(120)
-        await fake.stop()
+    async with bot_process(home, fake, **extra) as process:
+        try:
+            person = user(4242)
+            for i, data in enumerate(blobs):
+                pushed = time.monotonic()
+                sent = await fake.send_photo(person, data)
+                reply = await fake.reply_to(sent, timeout=120)
+                if i < 3:  # warm-up
+                    if i == 2 and spy_out is not None:
+                        spy = _start_py_spy(process.pid, spy_out)
+                    continue
+                file_id = sent["photo"][-1]["file_id"]
+                get_file = next(c for c in fake.calls if c.method == "getFile" and c.params.get("file_id") == file_id)
+                update_id = max(fake.polled)  # one at a time: the newest update is this photo's
+                polled, fetched = fake.polled[update_id], fake.fetched[file_id]
+                steps["poll"].append(polled - pushed)
+                steps["dispatch"].append(get_file.at - polled)
+                steps["get_file"].append(fetched - get_file.at)
+                steps["total"].append(reply.at - pushed)
+                uids.append((sent["photo"][-1]["file_unique_id"], reply.at - fetched, reply.at - pushed))
+                await asyncio.sleep(0.05)  # one user, one photo at a time, as a person sends them
+        finally:
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
+                spy.wait(60)
     await asyncio.sleep(0.2)
     spent = engine_times(log_file)
     engine = [spent[u] for u, _, _ in uids if u in spent]

@@ -5,6 +5,7 @@ and quote medians.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -123,3 +124,19 @@ def whole_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[fl
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}… exited {done.returncode}: {done.stderr[-2000:]}")
     return elapsed, done.stdout
+
+
+@contextlib.asynccontextmanager
+async def bot_process(home, fake, ready_timeout: float = 180, **extra: str):
+    """`python -m bot.app` against `fake` (tests.botkit.spawn_bot), yielded once it has set its command
+    menu; terminated, and the fake stopped, on the way out."""
+    from tests.botkit import spawn_bot
+
+    process = spawn_bot(home, fake, home.root, **extra)
+    try:
+        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=ready_timeout)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(120)
+        await fake.stop()

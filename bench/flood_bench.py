@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, percentile, photos, report, trained_model  # noqa: E402
+from common import bot_process, machine, percentile, photos, report, trained_model  # noqa: E402
 
 
 async def bystander(fake, who, count: int) -> list[float]:
@@ -60,7 +60,7 @@ def summary(values: list[float]) -> dict:
 
 async def main_async(args) -> dict:
     from models.home import Home
-    from tests.botkit import TOKEN, spawn_bot
+    from tests.botkit import TOKEN
     from tests.telegram_fake import FakeTelegram, user
 
     home = Home(Path(args.home or tempfile.mkdtemp(prefix="kimchi-flood-bench-"))).ensure()
@@ -69,9 +69,7 @@ async def main_async(args) -> dict:
     fake = await FakeTelegram(TOKEN).start()
     results = {"machine": machine(), "actions": args.actions}
     # The bot's own defaults for every budget: bot_env turns the photo limit off for tests, so set it back.
-    process = spawn_bot(home, fake, home.root, KIMCHI_RATE_LIMIT="10", KIMCHI_LOG_LEVEL="WARNING")
-    try:
-        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=120)
+    async with bot_process(home, fake, KIMCHI_RATE_LIMIT="10", KIMCHI_LOG_LEVEL="WARNING"):
         calm = await bystander(fake, user(2), args.starts)
         results["alone"] = summary(calm)
         print("bystander alone:", results["alone"], flush=True)
@@ -83,10 +81,6 @@ async def main_async(args) -> dict:
         await asyncio.sleep(2)
         results["flooder_replies"] = sum(1 for c in fake.calls if c.method in ("sendMessage", "answerCallbackQuery")
                                          and str(c.params.get("chat_id", "1")) == "1")
-    finally:
-        process.terminate()
-        process.wait(60)
-        await fake.stop()
     return results
 
 

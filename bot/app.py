@@ -20,7 +20,7 @@ from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, Callb
                           MessageHandler, TypeHandler, filters)
 
 from bot import admin, corrections, handlers, review
-from bot.botapi import AiohttpRequest
+from bot.botapi import bot_api_request
 from bot.gate import gate
 from bot.metrics import install as install_metrics
 from bot.serving import Serving
@@ -66,21 +66,17 @@ def build_engine(settings: Settings) -> Engine:
 
 def build_application(settings: Settings) -> Application:
     """The Application with every handler, in one visible place."""
-    builder = (ApplicationBuilder()
-               .token(settings.token)
-               .base_url(settings.base_url)
-               .base_file_url(settings.file_url)
-               .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
-               .rate_limiter(AIORateLimiter(max_retries=2))
-               .concurrent_updates(256))
     # PTB's default is one connection for all Bot API calls: with concurrent updates, every getFile,
     # download and sendMessage would queue behind one another. The long poll keeps its own one.
-    if settings.http_client == "aiohttp":
-        builder = builder.request(AiohttpRequest(connection_pool_size=64, pool_timeout=30)) \
-                         .get_updates_request(AiohttpRequest())
-    else:
-        builder = builder.connection_pool_size(64).pool_timeout(30)
-    app = (builder
+    app = (ApplicationBuilder()
+           .token(settings.token)
+           .base_url(settings.base_url)
+           .base_file_url(settings.file_url)
+           .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
+           .rate_limiter(AIORateLimiter(max_retries=2))
+           .concurrent_updates(256)
+           .request(bot_api_request(settings.http_client, connection_pool_size=64, pool_timeout=30))
+           .get_updates_request(bot_api_request(settings.http_client))
            .post_init(on_start)
            .post_stop(on_stop)
            .post_shutdown(on_shutdown)

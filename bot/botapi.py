@@ -16,7 +16,7 @@ import asyncio
 
 import aiohttp
 from telegram.error import NetworkError, TimedOut
-from telegram.request import BaseRequest, RequestData
+from telegram.request import BaseRequest, HTTPXRequest, RequestData
 
 HTTP_CLIENTS = ("aiohttp", "httpx")
 _DEFAULT = type(BaseRequest.DEFAULT_NONE)  # what PTB passes for "no timeout given: use yours"
@@ -84,3 +84,9 @@ class AiohttpRequest(BaseRequest):
 
     def _default(self, value, name: str) -> float | None:
         return self._defaults[name] if isinstance(value, _DEFAULT) else value
+
+
+def bot_api_request(client: str, connection_pool_size: int = 1, pool_timeout: float | None = 1.0) -> BaseRequest:
+    """The request object for KIMCHI_HTTP_CLIENT `client` (one of HTTP_CLIENTS), PTB's defaults otherwise."""
+    kind = AiohttpRequest if client == "aiohttp" else HTTPXRequest
+    return kind(connection_pool_size=connection_pool_size, pool_timeout=pool_timeout)

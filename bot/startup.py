@@ -24,7 +24,7 @@ from telegram import Bot, User
 from telegram.error import Conflict, InvalidToken, NetworkError, TelegramError, TimedOut
 from telegram.ext import Application
 
-from bot.botapi import AiohttpRequest
+from bot.botapi import bot_api_request
 from bot.gate import ALLOWED_UPDATES
 from bot.settings import Settings
 from models.errors import KimchiError
@@ -68,7 +68,7 @@ async def check_only(settings: Settings) -> User:
     running instance's long poll."""
     bot = Bot(settings.token, base_url=settings.base_url, base_file_url=settings.file_url,
               local_mode=settings.local_mode,
-              request=AiohttpRequest() if settings.http_client == "aiohttp" else None)
+              request=bot_api_request(settings.http_client))
     me = await check_bot_api(bot, settings, polling=not settings.webhook_mode, probe_s=0)
     await bot.shutdown()
     return me
