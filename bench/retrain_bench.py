@@ -31,12 +31,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, report, trained_model  # noqa: E402
 
 
+async def correct_then_retrain(fake, size: tuple[int, int], timeout: float):
+    """Four users each send a photo and /correct it (what a retrain needs: something new), then the admin
+    sends /retrain. Returns (when /retrain was sent, the counts message, the decision or failure message)."""
+    from models.labels import CLASS_NAMES
+    from tests.botkit import ADMIN
+    from tests.imagegen import draw, encode
+    from tests.telegram_fake import user
+
+    for i in range(4):
+        person = user(100 + i)
+        await fake.reply_to(await fake.send_photo(person, encode(draw(i, size, seed=900 + i), "JPEG", quality=87)))
+        await fake.reply_to(await fake.send_text(person, f"/correct {CLASS_NAMES[i]}"))
+    started = time.monotonic()
+    await fake.send_text(user(ADMIN, "en"), "/retrain")
+    counts = (await fake.wait_for(lambda c: "Training data" in c.params.get("text", ""), timeout=900))[0]
+    decision = (await fake.wait_for(lambda c: any(word in c.params.get("text", "") for word in (
+        "Promoted", "did not promote", "retrain failed")), timeout=timeout))[0]
+    return started, counts, decision
+
+
 async def bot_mode(home_dir: Path) -> dict:
     from models.home import Home
-    from models.labels import CLASS_NAMES
-    from tests.botkit import ADMIN, TOKEN, running_bot
-    from tests.imagegen import draw, encode, make_dataset
-    from tests.telegram_fake import FakeTelegram, user
+    from tests.botkit import TOKEN, running_bot
+    from tests.imagegen import make_dataset
+    from tests.telegram_fake import FakeTelegram
     from training.dataset import import_dataset
 
     home = Home(home_dir).ensure()
@@ -48,16 +67,7 @@ async def bot_mode(home_dir: Path) -> dict:
     try:
         async with running_bot(home, fake, KIMCHI_TRAIN_ARGS=tiny, KIMCHI_RETRAIN_MIN_PER_CLASS="5",
                                KIMCHI_HOLDOUT_PCT="20"):
-            people = [user(100 + i) for i in range(4)]
-            for i, person in enumerate(people):
-                sent = await fake.send_photo(person, encode(draw(i, (640, 480), seed=900 + i)))
-                await fake.reply_to(sent)
-                await fake.reply_to(await fake.send_text(person, f"/correct {CLASS_NAMES[i]}"))
-            started = time.monotonic()
-            await fake.send_text(user(ADMIN, "en"), "/retrain")
-            counts = (await fake.wait_for(lambda c: "Training data" in c.params.get("text", "")))[0]
-            decision = (await fake.wait_for(lambda c: "Promoted" in c.params.get("text", "")
-                                            or "did not promote" in c.params.get("text", ""), timeout=600))[0]
+            started, counts, decision = await correct_then_retrain(fake, (640, 480), timeout=600)
     finally:
         await fake.stop()
     return {"mode": "bot", "config": tiny, "to_counts_s": round(counts.at - started, 2),
@@ -78,11 +88,9 @@ async def recipes_mode(work: Path, classes: int, per_class: int, recipes: dict[s
     import shutil
 
     from models.home import Home
-    from models.labels import CLASS_NAMES
     from models.registry import Registry
-    from tests.botkit import ADMIN, TOKEN, running_bot
-    from tests.imagegen import draw, encode
-    from tests.telegram_fake import FakeTelegram, user
+    from tests.botkit import TOKEN, running_bot
+    from tests.telegram_fake import FakeTelegram
     from train_bench import make_photos
     from training.config import Recipe
     from training.dataset import import_dataset
@@ -105,17 +113,7 @@ async def recipes_mode(work: Path, classes: int, per_class: int, recipes: dict[s
         try:
             async with running_bot(home, fake, KIMCHI_TRAIN_ARGS=f"{flags} --workers 0",
                                    KIMCHI_RETRAIN_MIN_PER_CLASS="5", KIMCHI_RETRAIN_TIMEOUT_MIN="120"):
-                for i in range(4):  # what a retrain needs: something new from users
-                    person = user(100 + i)
-                    sent = await fake.send_photo(person, encode(draw(i, (1280, 960), seed=900 + i), "JPEG", quality=87))
-                    await fake.reply_to(sent)
-                    await fake.reply_to(await fake.send_text(person, f"/correct {CLASS_NAMES[i]}"))
-                started = time.monotonic()
-                await fake.send_text(user(ADMIN, "en"), "/retrain")
-                counts = (await fake.wait_for(lambda c: "Training data" in c.params.get("text", ""), timeout=900))[0]
-                decision = (await fake.wait_for(lambda c: "Promoted" in c.params.get("text", "")
-                                                or "did not promote" in c.params.get("text", "")
-                                                or "failed" in c.params.get("text", ""), timeout=7200))[0]
+                started, counts, decision = await correct_then_retrain(fake, (1280, 960), timeout=7200)
         finally:
             await fake.stop()
         scores = [json.loads(p.read_text()) for p in sorted(home.runs.glob("*/compare.json"))]
