@@ -14,6 +14,9 @@ The engine's time per photo comes from the bot's log line. Steps (medians, ms):
     engine    classify() as the bot logs it (queue, decode, network)
     reply     the download arrives -> sendMessage arrives, minus engine (body read, keyboard, PTB's send)
     overhead  total - engine
+    api       the fake's own time answering getFile and serving the file (handler entered -> answer made)
+    bot_own   issue 13's measure: the update leaving the fake -> the answer reaching it, minus engine and
+              api: what the bot itself adds (both ends' HTTP handling and the loopback are still in it)
 
 It then times the Bot API calls a photo makes, alone, in this process against the same fake (so both
 ends' Python is counted, as in the steps above): getFile, the download, sendMessage with the answer's
@@ -37,7 +40,8 @@ from common import bot_process, machine, photos, report, trained_model  # noqa: 
 
 
 def stamped_fake(token: str):
-    """A FakeTelegram that also stamps when each update leaves in a getUpdates answer and each download."""
+    """A FakeTelegram that also stamps each request's service span (its handler entered, its answer made)
+    and, for the long poll and the downloads, which update or file it served."""
     from tests.telegram_fake import FakeTelegram
 
     class Stamped(FakeTelegram):
@@ -45,6 +49,16 @@ def stamped_fake(token: str):
             super().__init__(token)
             self.polled: dict[int, float] = {}  # update_id -> when getUpdates answered with it
             self.fetched: dict[str, float] = {}  # file path's id -> when its download arrived
+            self.spans: dict[int, tuple[float, float]] = {}  # id(Call) -> (handler entered, answer made)
+            self.file_spans: dict[str, tuple[float, float]] = {}  # file id -> the same for its download
+
+        async def _api(self, request):
+            arrived = time.monotonic()
+            before = len(self.calls)
+            response = await super()._api(request)
+            if len(self.calls) > before:  # one photo at a time: the call this request made
+                self.spans[id(self.calls[-1])] = (arrived, time.monotonic())
+            return response
 
         async def _m_getUpdates(self, params, files):
             result = await super()._m_getUpdates(params, files)
@@ -54,8 +68,12 @@ def stamped_fake(token: str):
             return result
 
         async def _file(self, request):
-            self.fetched.setdefault(request.match_info["path"].split("/")[-1].rsplit(".", 1)[0], time.monotonic())
-            return await super()._file(request)
+            arrived = time.monotonic()
+            file_id = request.match_info["path"].split("/")[-1].rsplit(".", 1)[0]
+            self.fetched.setdefault(file_id, arrived)
+            response = await super()._file(request)
+            self.file_spans.setdefault(file_id, (arrived, time.monotonic()))
+            return response
 
     return Stamped(token)
 
@@ -73,8 +91,8 @@ async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: s
     extra = {"KIMCHI_QUEUE_LIMIT": "512", "KIMCHI_RATE_LIMIT": "0", "KIMCHI_LOG_LEVEL": "INFO",
              "KIMCHI_HTTP_CLIENT": client}
     spy = None
-    steps: dict[str, list[float]] = {k: [] for k in ("poll", "dispatch", "get_file", "reply", "total")}
-    uids: list[tuple[str, float, float]] = []
+    steps: dict[str, list[float]] = {k: [] for k in ("poll", "dispatch", "get_file", "reply", "total", "api")}
+    uids: list[tuple[str, float, float, float]] = []
     async with bot_process(home, fake, **extra) as process:
         try:
             person = user(4242)
@@ -85,6 +103,7 @@ async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: s
                 if i < 3:  # warm-up
                     if i == 2 and spy_out is not None:
                         spy = _start_py_spy(process.pid, spy_out)
+                    loop_cpu = _thread_cpu_s(process.pid)
                     continue
                 file_id = sent["photo"][-1]["file_id"]
                 get_file = next(c for c in fake.calls if c.method == "getFile" and c.params.get("file_id") == file_id)
@@ -94,20 +113,29 @@ async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: s
                 steps["dispatch"].append(get_file.at - polled)
                 steps["get_file"].append(fetched - get_file.at)
                 steps["total"].append(reply.at - pushed)
-                uids.append((sent["photo"][-1]["file_unique_id"], reply.at - fetched, reply.at - pushed))
+                # The Bot API's own time: the fake answering getFile and serving the file (Telegram's
+                # servers and the network in real life, not the bot's).
+                api = sum(answered - arrived for arrived, answered in (fake.spans[id(get_file)], fake.file_spans[file_id]))
+                steps["api"].append(api)
+                own = fake.spans[id(reply)][0] - polled - api  # update out -> answer in, less the API's time
+                uids.append((sent["photo"][-1]["file_unique_id"], reply.at - fetched, reply.at - pushed, own))
                 await asyncio.sleep(0.05)  # one user, one photo at a time, as a person sends them
+            loop_cpu = _thread_cpu_s(process.pid) - loop_cpu
         finally:
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes its file and exits
                 spy.wait(60)
     await asyncio.sleep(0.2)
     spent = engine_times(log_file)
-    engine = [spent[u] for u, _, _ in uids if u in spent]
-    steps["reply"] = [after - spent[u] for u, after, _ in uids if u in spent]
+    engine = [spent[u] for u, _, _, _ in uids if u in spent]
+    steps["reply"] = [after - spent[u] for u, after, _, _ in uids if u in spent]
     steps["engine"] = engine
-    steps["overhead"] = [total - spent[u] for u, _, total in uids if u in spent]
+    steps["overhead"] = [total - spent[u] for u, _, total, _ in uids if u in spent]
+    steps["bot_own"] = [own - spent[u] for u, _, _, own in uids if u in spent]
     result = {"machine": machine(), "photos": len(uids), "client": client,
-              "median_ms": {k: round(1000 * statistics.median(v), 2) for k, v in steps.items() if v}}
+              "median_ms": {k: round(1000 * statistics.median(v), 2) for k, v in steps.items() if v},
+              # CPU the bot's event-loop thread ran per photo (the kernel's count; engine threads not in it)
+              "loop_cpu_ms_per_photo": round(1000 * loop_cpu / max(1, len(uids)), 2)}
     if spy_out is not None:
         result["event_loop"] = _loop_profile(spy_out)
     return result
@@ -146,6 +174,11 @@ async def request_costs(client: str, n: int = 200) -> dict:
         await app.shutdown()
         await fake.stop()
     return {key: round(1000 * statistics.median(values), 2) for key, values in costs.items()}
+
+
+def _thread_cpu_s(pid: int, tid: int | None = None) -> float:
+    """Seconds thread `tid` (default: the main thread, the bot's event loop) has run on a CPU."""
+    return int(Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def _start_py_spy(pid: int, out: Path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -126,8 +125,10 @@ def varied_reference(learn, n: int) -> list[tuple[bytes, list[float]]]:
 def cli_versus_script(home: Path, pkl: Path, folder: Path, rounds: int) -> dict:
     """`kimchi-train predict FOLDER` against `python -c <load_learner + learn.predict loop>`, whole processes,
     alternating (ABBA) so that neither always runs on the warmer or quieter host."""
-    cli = shutil.which("kimchi-train")
-    cli_cmd = ([cli] if cli else [sys.executable, "-m", "training.cli"]) + ["--home", str(home), "predict", str(folder)]
+    # The entry point pip wrote beside this interpreter, not the first on PATH: a pyenv shim there adds
+    # ~1 s of bash to every start, which the script's `python -c` does not pay.
+    cli = Path(sys.executable).with_name("kimchi-train")
+    cli_cmd = ([str(cli)] if cli.is_file() else [sys.executable, "-m", "training.cli"]) + ["--home", str(home), "predict", str(folder)]
     script_cmd = [sys.executable, "-c", LEARN_PREDICT_SCRIPT, str(pkl), str(folder)]
     n = len(list(folder.glob("*.jpg")))
     times: dict[str, list[float]] = {"cli": [], "script": []}

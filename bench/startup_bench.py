@@ -1,5 +1,6 @@
-"""The trainer's start-up: `kimchi-train --help`, and the time from spawning `kimchi-train train --progress json`
-to its first protocol line, for this tree and (with --ref) an earlier commit, in the same run.
+"""The trainer's start-up: `kimchi-train --help`, the time from spawning `kimchi-train train --progress json`
+to its first protocol line, and a whole `kimchi-train predict` of one photo (ONNX Runtime serving a published
+efficientnet_lite0), for this tree and (with --ref) an earlier commit, in the same run.
 
     python bench/startup_bench.py --ref 320afe7 [--runs 5]
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, report  # noqa: E402
+from common import ROOT, machine, photos, report, write_photos  # noqa: E402
 from tests.imagegen import make_dataset  # noqa: E402
 
 
@@ -37,7 +38,10 @@ def timed(cmd: list[str], cwd: Path, first_line: bool = False) -> float:
                 return elapsed
         raise SystemExit(f"no protocol line from {' '.join(cmd)}")
     process.communicate()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited with {process.returncode}")
+    return elapsed
 
 
 def main() -> None:
@@ -58,7 +62,11 @@ def main() -> None:
     # The old trees may spell the progress flag differently; both take --progress json.
     train = ["train", str(data), "--arch", "efficientnet_lite0", "--size", "32", "--presize", "48", "--epochs", "0",
              "--freeze-epochs", "1", "--bs", "8", "--workers", "0", "--device", "cpu", "--progress", "json"]
-    samples: dict[str, dict[str, list[float]]] = {name: {"help_s": [], "first_event_s": []} for name in trees}
+    samples: dict[str, dict[str, list[float]]] = {name: {"help_s": [], "first_event_s": [], "predict_one_s": []}
+                                                  for name in trees}
+    served = ["--home", str(work / "home-served")]  # one published version, read by every tree
+    timed([sys.executable, "-m", "training.cli", *served, *train], ROOT)
+    one = write_photos(work / "one", photos(1))[0]
     try:
         for _ in range(args.runs):
             for name, tree in trees.items():
@@ -66,6 +74,8 @@ def main() -> None:
                 samples[name]["help_s"].append(timed([sys.executable, "-m", "training.cli", "--help"], tree))
                 samples[name]["first_event_s"].append(
                     timed([sys.executable, "-m", "training.cli", *home, *train], tree, first_line=True))
+                samples[name]["predict_one_s"].append(
+                    timed([sys.executable, "-m", "training.cli", *served, "predict", str(one)], tree))
     finally:
         if args.ref:
             subprocess.run(["git", "worktree", "remove", "--force", str(work / "old")], cwd=ROOT, capture_output=True)

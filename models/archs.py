@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from models.efficientnet_lite import (LITE_STATS, EfficientNetLite0, bundled_weights_path,
@@ -37,14 +36,22 @@ class ArchSpec:
     body_split: int | None  # where the body splits for discriminative learning rates (resnets: 6)
 
 
+def _torchvision_models():
+    """torchvision.models, imported when a torchvision arch is built: it imports torch._dynamo (~2-3 s),
+    which the engine serving model.onnx, or an efficientnet_lite0, never needs."""
+    import torchvision.models
+
+    return torchvision.models
+
+
 ARCHS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec("resnet18", lambda: torchvision.models.resnet18(weights=None), -2, 512,
+    "resnet18": ArchSpec("resnet18", lambda: _torchvision_models().resnet18(weights=None), -2, 512,
                          IMAGENET_STATS, "ResNet18_Weights", 6),
-    "resnet34": ArchSpec("resnet34", lambda: torchvision.models.resnet34(weights=None), -2, 512,
+    "resnet34": ArchSpec("resnet34", lambda: _torchvision_models().resnet34(weights=None), -2, 512,
                          IMAGENET_STATS, "ResNet34_Weights", 6),
-    "resnet50": ArchSpec("resnet50", lambda: torchvision.models.resnet50(weights=None), -2, 2048,
+    "resnet50": ArchSpec("resnet50", lambda: _torchvision_models().resnet50(weights=None), -2, 2048,
                          IMAGENET_STATS, "ResNet50_Weights", 6),
-    "efficientnet_v2_s": ArchSpec("efficientnet_v2_s", lambda: torchvision.models.efficientnet_v2_s(weights=None), -2,
+    "efficientnet_v2_s": ArchSpec("efficientnet_v2_s", lambda: _torchvision_models().efficientnet_v2_s(weights=None), -2,
                                   1280, IMAGENET_STATS, "EfficientNet_V2_S_Weights", None),
     "efficientnet_lite0": ArchSpec("efficientnet_lite0", EfficientNetLite0, 3, 1280, LITE_STATS, None, None),
 }
@@ -145,7 +152,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _download_torchvision(spec: ArchSpec) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet weights, from the torch hub cache or downloaded into it."""
-    weights = getattr(torchvision.models, spec.torchvision_weights).DEFAULT
+    weights = getattr(_torchvision_models(), spec.torchvision_weights).DEFAULT
     try:
         return weights.get_state_dict(progress=False)
     except Exception as err:

@@ -92,7 +92,7 @@ class _EmbeddingRunner(_Runner):
             # head[0] is AdaptiveConcatPool2d and head[1] Flatten: what the classifier layers read.
             return head[1](head[0](features.float())).cpu()
 
-    def _model(self, x: torch.Tensor) -> torch.Tensor:
+    def _model(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
         if self.features_onnx is not None:
             return self.features_onnx(x)
         return self._torch_features(x)

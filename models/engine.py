@@ -20,6 +20,7 @@ code either way, so the pixels the model sees do not depend on the runtime.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures as cf
 import itertools
 import logging
@@ -70,33 +71,48 @@ class EngineConfig:
     # an error if that cannot be done), "torch", or "auto" (onnx when it can, else torch, with the reason
     # logged). Ignored on CUDA.
     cpu_runtime: str = "auto"
-    runtime_threads: int = 0  # ONNX Runtime's intra-op threads; 0: see thread_plan()
+    runtime_threads: int = 0  # ONNX Runtime's intra-op threads for a batch that runs alone; 0: see thread_plan()
+    # Batches ONNX Runtime may run at once on the CPU, one thread each; 0: see batch_plan(). 1: one batch at
+    # a time on runtime_threads threads (how torch and CUDA always run).
+    batch_workers: int = 0
 
 
 CPU_RUNTIMES = ("auto", "torch", "onnx")
+LANE_CHUNK = 8  # the largest batch when batches run side by side
+STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead
 # ORT's intra-op workers spin between ops by default; here they would burn the cores the decode threads
 # need (measured: torch's spinning OpenMP threads cost 5 ms -> 79 ms of CPU for one resample on a busy host).
 ORT_SPINNING = "0"
 
 
 def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int]:
-    """(decode pool threads, ONNX Runtime intra-op threads) for this machine: by default half the cores
-    decode and the network may use all of them; on 2 cores, 1 + 2.
+    """(decode pool threads, ONNX Runtime intra-op threads for a batch that runs alone) for this machine:
+    by default half the cores decode and a lone batch may use all of them; on 2 cores, 1 + 2.
 
     Why, measured on 2 cores with resnet18 at 460/224 and 1280x960 JPEGs (bench/cpu_suite.py --thread-grid):
-    an image costs ~21 ms of CPU to decode and resample and ~42 ms in the network (one ORT thread, batch
-    16), so the network is 2/3 of the work. On one ORT thread (a strict 1 + 1 split) the network can never
-    use the second core, capping the engine near 24 img/s, below the 30 img/s a bot must keep up with;
-    with ORT on every core it takes the second core whenever decoding is idle, and one image's network
-    time drops from 83 to 46 ms. The overlap costs nothing measurable because ORT's workers sleep instead of spinning
-    (ORT_SPINNING): CPU per image was 67-73 ms for every plan in the grid (1..3 decode x 1..2 ORT threads;
-    torch: 83). Half the cores for decoding keeps the decode rate (~47 img/s per thread) above what the
-    network can take while leaving the cores to it.
+    an image costs ~20 ms of CPU to decode and resample and ~41 ms in the network on one ORT thread, so the
+    network is 2/3 of the work. A lone photo's network time drops from 41 to 27 ms on two ORT threads, which
+    is what a user waiting for one answer feels. Under load, see batch_plan(). ORT's workers sleep instead
+    of spinning (ORT_SPINNING), so a wide batch leaves the cores to the decoders between its ops.
     """
     cpus = cpus or os.cpu_count() or 1
     decode = config.decode_threads or max(1, min(8, cpus // 2))
     runtime = config.runtime_threads or cpus
     return decode, runtime
+
+
+def batch_plan(config: EngineConfig, cpus: int | None = None) -> int:
+    """How many batches ONNX Runtime runs at once under load, each on one thread of its own: one per core.
+
+    One batch on all the cores loses to barriers: each ORT op waits for its slowest thread, and on a
+    2-core box one of the two is often descheduled for a decoder, so the engine peaked near 24 img/s with
+    ~60 ms of CPU per image (2 x 1000/60 = 33 possible). Independent single-threaded batches have no
+    barrier to wait at: with 1 decode thread and 2 batch threads the scheduler shares the cores 1/3 : 2/3,
+    which is the decode : network split of the work. Measured in one run: 24.2 -> 30.4 img/s; resident
+    memory unchanged, as batches side by side are capped at LANE_CHUNK images (see _Runner.batch_cap).
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return config.batch_workers or cpus
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +178,8 @@ class _Runner:
         self.onnx: _OnnxModel | None = None
         meta = read_meta(folder)
         if self._onnx_possible():
-            self.onnx = _open_onnx(folder, meta, thread_plan(config)[1], required=config.cpu_runtime == "onnx")
+            self.onnx = _open_onnx(folder, meta, thread_plan(config)[1], required=config.cpu_runtime == "onnx",
+                                   narrow=batch_plan(config) > 1)
         if self.onnx is None:
             model, meta = load_artifact(folder, device=self.device)
             model = fold_batchnorm(model)
@@ -179,6 +196,11 @@ class _Runner:
     def runtime(self) -> str:
         return "onnx" if self.onnx is not None else "torch"
 
+    @property
+    def parallel_batches(self) -> int:
+        """How many batches may run() at once: one per core on ONNX Runtime, else one."""
+        return batch_plan(self.config) if self.onnx is not None and self.onnx.narrow is not None else 1
+
     def _onnx_possible(self) -> bool:
         """Whether this runner may serve from ONNX Runtime; with cpu_runtime=onnx, why not is an error."""
         if self.config.cpu_runtime == "torch" or self.device.type != "cpu":
@@ -192,10 +214,20 @@ class _Runner:
             raise KimchiError(f"The CPU runtime is onnx, but {why_not}; use auto or torch.")
         return why_not is None
 
+    @property
+    def batch_cap(self) -> int:
+        """The largest batch run() gets: max_batch, or LANE_CHUNK when batches run side by side (ORT's cost
+        per image is flat from batch 1 to 16, and a lane's memory arena grows with its largest batch)."""
+        return min(self.config.max_batch, LANE_CHUNK) if self.parallel_batches > 1 else self.config.max_batch
+
     def _warm_up(self) -> None:
-        for n in sorted({1, self.config.max_batch}):
+        # ONNX Runtime is ready after one image (its arena grows with the first larger batch, at malloc's
+        # cost); torch's kernels, and cuDNN's choices on CUDA, are made per batch shape.
+        for n in sorted({1} if self.onnx is not None else {1, self.batch_cap}):
             squares = torch.zeros((n, self.pre.presize, self.pre.presize, 3), dtype=torch.uint8)
             self._forward(squares.to(self.device))
+            if self.parallel_batches > 1:
+                self._forward(squares, wide=False)
 
     # -- preparation, in the decode pool ------------------------------------------------------
     def prepare(self, data: bytes) -> _Prepared:
@@ -219,7 +251,8 @@ class _Runner:
         return presize_array(img, self.pre.presize, split=self.split_resize)
 
     # -- the batch step, on the worker or the caller's thread --------------------------------
-    def run(self, prepared: Sequence[_Prepared]) -> list[Result]:
+    def run(self, prepared: Sequence[_Prepared], wide: bool = True) -> list[Result]:
+        """Results for prepared images; `wide`: the batch runs alone, on every thread the runtime has."""
         results: list[Result | None] = [p if isinstance(p, ImageError) else None for p in prepared]
         squares: list[tuple[int, torch.Tensor]] = []
         jpegs = [(i, p) for i, p in enumerate(prepared) if isinstance(p, _Jpeg)]
@@ -237,26 +270,26 @@ class _Runner:
             squares.extend((i, t) for (i, _), t in zip(cpu, host.permute(0, 3, 1, 2).unbind(0)))
         if squares:
             order = [i for i, _ in squares]
-            probs = self._forward(torch.stack([t for _, t in squares]))
+            probs = self._forward(torch.stack([t for _, t in squares]), wide)
             for i, p in zip(order, self._top(probs)):
                 results[i] = p
         ready = [(i, p.tensor) for i, p in enumerate(prepared) if isinstance(p, _Ready)]
         if ready:
-            probs = self._model(torch.stack([t for _, t in ready]))
+            probs = self._model(torch.stack([t for _, t in ready]), wide)
             for (i, _), p in zip(ready, self._top(probs)):
                 results[i] = p
         return results  # type: ignore[return-value]
 
-    def _forward(self, squares: torch.Tensor) -> torch.Tensor:
+    def _forward(self, squares: torch.Tensor, wide: bool = True) -> torch.Tensor:
         """uint8 presized squares (B, 3, P, P) or (B, P, P, 3) on the device to probabilities on the CPU."""
         with torch.inference_mode():
-            return self._model(to_batch(squares, self.pre))
+            return self._model(to_batch(squares, self.pre), wide)
 
-    def _model(self, x: torch.Tensor) -> torch.Tensor:
+    def _model(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
         """A normalised float batch to probabilities on the CPU."""
         with torch.inference_mode():
             if self.onnx is not None:
-                return torch.softmax(self.onnx(x), dim=1)
+                return torch.softmax(self.onnx(x, wide), dim=1)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.half:
@@ -365,6 +398,9 @@ class Classifier:
         self._pending_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
+        self._lanes: cf.ThreadPoolExecutor | None = None  # threads that run batches side by side (batch_plan)
+        self._lanes_busy = 0
+        self._lanes_free = threading.Condition()
         self._closed = False
         self.crashes = 0
         self.batches: list[tuple[int, str]] = []  # (size, version) of recent worker batches, for stats
@@ -407,22 +443,34 @@ class Classifier:
     def classify_stream(self, loaders: Iterable[Callable[[], bytes]], batch_size: int | None = None) -> Iterator[Result]:
         """Results in order for a long stream of image loaders (e.g. file reads), chunk after chunk.
 
-        The next chunk is read and decoded in the pool while this one runs through the model.
+        The next chunks are read and decoded in the pool while earlier ones run through the model; on
+        ONNX Runtime with several cores, several chunks run through it at once, one core each.
         """
         runner = self._require()
+        lanes = runner.parallel_batches
         size = batch_size or self.config.max_batch
+        if lanes > 1:  # side by side: batch_cap, and small chunks also get every lane busy sooner
+            size = min(size, runner.batch_cap)
         chunks = _chunks(loaders, size)
-        in_flight: list[list[cf.Future]] = []
-        for _ in range(2):
+        in_flight: collections.deque[tuple[list[cf.Future], cf.Future | None]] = collections.deque()
+
+        def submit() -> None:
             chunk = next(chunks, None)
-            if chunk is not None:
-                in_flight.append([self._pool.submit(_load_and_prepare, runner, load) for load in chunk])
+            if chunk is None:
+                return
+            prepared = [self._pool.submit(_load_and_prepare, runner, load) for load in chunk]
+            run = None
+            if lanes > 1:
+                run = self._lane_pool(lanes).submit(lambda: runner.run([f.result() for f in prepared], wide=False))
+            in_flight.append((prepared, run))
+
+        for _ in range(STREAM_AHEAD * lanes + 1 if lanes > 1 else 2):
+            submit()
         while in_flight:
-            prepared = [f.result() for f in in_flight.pop(0)]
-            chunk = next(chunks, None)
-            if chunk is not None:
-                in_flight.append([self._pool.submit(_load_and_prepare, runner, load) for load in chunk])
-            yield from runner.run(prepared)
+            prepared, run = in_flight.popleft()
+            results = run.result() if run is not None else runner.run([f.result() for f in prepared])
+            submit()
+            yield from results
 
     # -- asynchronous API ------------------------------------------------------------------------
     async def classify(self, data: bytes) -> Prediction:
@@ -478,32 +526,67 @@ class Classifier:
                 self._worker.start()
 
     def _work(self) -> None:
-        """The worker loop: run the images that are decoded, in batches, while the pool decodes the rest."""
+        """The worker loop: run the images that are decoded, in batches, while the pool decodes the rest.
+        On ONNX Runtime with several cores, a batch runs on a lane thread and the worker gathers the next
+        one: up to parallel_batches at once, narrow, and a batch with nothing beside it or behind it wide."""
         pending: list[_Job] = []
         stopping = False
         while True:
             batch, stopping = self._next_batch(pending, stopping)
             if not batch:
+                self._wait_lanes(lambda n: n == 0)
                 return
             runner = self._runner  # read once: the whole batch runs on one version
+            lanes = runner.parallel_batches if runner is not None else 1
+            if lanes == 1:
+                self._run_batch(runner, batch, wide=True)
+                continue
+            self._wait_lanes(lambda n: n < lanes)
+            with self._lanes_free:
+                wide = self._lanes_busy == 0 and not pending
+                self._lanes_busy += 1
             try:
-                if runner is None:
-                    raise NoModel()
-                results: list = runner.run([self._prepared(j) for j in batch])
-                self.batches.append((len(batch), runner.version))
-                del self.batches[:-1000]
-            except Exception as err:  # the worker survives anything one batch does
-                self.crashes += 1
-                log.exception("classifier worker failed on a batch of %d; restarting it", len(batch))
-                failure = err if isinstance(err, NoModel) else EngineCrashed(
-                    "The classifier failed on this batch and was restarted; please send the photo again.")
-                results = [failure] * len(batch)
-            for job, result in zip(batch, results):
-                self._deliver(job, result)
-            self._report_batch(len(batch))
+                self._lane_pool(lanes).submit(self._run_lane, runner, batch, wide)
+            except RuntimeError:  # the pool was shut down under us (close() timed out): run it here
+                self._run_lane(runner, batch, wide)
+
+    def _run_lane(self, runner: "_Runner | None", batch: list[_Job], wide: bool) -> None:
+        try:
+            self._run_batch(runner, batch, wide)
+        finally:
+            with self._lanes_free:
+                self._lanes_busy -= 1
+                self._lanes_free.notify_all()
+
+    def _wait_lanes(self, ok: Callable[[int], bool]) -> None:
+        with self._lanes_free:
+            self._lanes_free.wait_for(lambda: ok(self._lanes_busy))
+
+    def _lane_pool(self, lanes: int) -> cf.ThreadPoolExecutor:
+        with self._worker_lock:
+            if self._lanes is None:
+                self._lanes = cf.ThreadPoolExecutor(lanes, thread_name_prefix="kimchi-batch")
+            return self._lanes
+
+    def _run_batch(self, runner: "_Runner | None", batch: list[_Job], wide: bool) -> None:
+        try:
+            if runner is None:
+                raise NoModel()
+            results: list = runner.run([self._prepared(j) for j in batch], wide=wide)
+            self.batches.append((len(batch), runner.version))
+            del self.batches[:-1000]
+        except Exception as err:  # the worker survives anything one batch does
+            self.crashes += 1
+            log.exception("classifier worker failed on a batch of %d; restarting it", len(batch))
+            failure = err if isinstance(err, NoModel) else EngineCrashed(
+                "The classifier failed on this batch and was restarted; please send the photo again.")
+            results = [failure] * len(batch)
+        for job, result in zip(batch, results):
+            self._deliver(job, result)
+        self._report_batch(len(batch))
 
     def _next_batch(self, pending: list[_Job], stopping: bool) -> tuple[list[_Job], bool]:
-        """Up to max_batch decoded jobs, oldest first: once one is ready, wait at most max_wait for
+        """Up to batch_cap decoded jobs, oldest first: once one is ready, wait at most max_wait for
         companions. Undecoded jobs stay pending, so the model never idles on a slow decode.
         Returns ([], True) when stopped and nothing is left."""
         first_ready: float | None = None
@@ -516,6 +599,7 @@ class Classifier:
                 self._wake.wait()
                 continue
             runner = self._runner
+            cap = runner.batch_cap if runner is not None else self.config.max_batch
             for job in pending:  # prepared for a version swapped out since: prepare again
                 if runner is not None and job.runner is not runner:
                     job.runner, job.prepared = runner, self._submit_prepare(runner, job.data)
@@ -528,8 +612,8 @@ class Classifier:
             # one would only delay this one (2 ms of a single photo's latency). Under a burst, photos
             # that arrive while this batch runs make the next one.
             alone = len(ready) == len(pending)
-            if len(ready) >= self.config.max_batch or (ready and (waited or stopping or alone)):
-                batch = ready[: self.config.max_batch]
+            if len(ready) >= cap or (ready and (waited or stopping or alone)):
+                batch = ready[:cap]
                 taken = set(map(id, batch))
                 pending[:] = [j for j in pending if id(j) not in taken]
                 return batch, stopping
@@ -591,7 +675,7 @@ class Classifier:
         return await asyncio.get_running_loop().run_in_executor(None, self.swap, version)
 
     def close(self) -> None:
-        """Finish queued work, stop the worker and the decode pool."""
+        """Finish queued work, stop the worker, its batch lanes and the decode pool."""
         if self._closed:
             return
         self._closed = True
@@ -600,6 +684,10 @@ class Classifier:
             self._queue.put(_STOP)
             self._wake.set()
             worker.join(timeout=30)
+        with self._worker_lock:
+            lanes, self._lanes = self._lanes, None
+        if lanes is not None:
+            lanes.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
 
@@ -607,20 +695,24 @@ class Classifier:
 # ONNX Runtime on the CPU
 
 class _OnnxModel:
-    """A version's model.onnx in an ONNX Runtime session: a normalised float batch to logits."""
+    """A version's model.onnx in ONNX Runtime: a normalised float batch to logits. `wide` runs a batch
+    on every intra-op thread (a lone batch); `narrow`, when there, on the calling thread alone, so that
+    several batches can run at once (see batch_plan)."""
 
-    def __init__(self, session) -> None:
-        self.session = session
+    def __init__(self, wide, narrow=None) -> None:
+        self.wide = wide
+        self.narrow = narrow
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
         from models.onnx_export import INPUT, OUTPUT
 
-        return torch.from_numpy(self.session.run([OUTPUT], {INPUT: x.contiguous().numpy()})[0])
+        session = self.wide if wide or self.narrow is None else self.narrow
+        return torch.from_numpy(session.run([OUTPUT], {INPUT: x.contiguous().numpy()})[0])
 
 
-def _open_onnx(folder: Path, meta: ModelMeta, threads: int, required: bool) -> _OnnxModel | None:
+def _open_onnx(folder: Path, meta: ModelMeta, threads: int, required: bool, narrow: bool = False) -> _OnnxModel | None:
     """The version's ONNX model, exported now if missing or unusable; None (reason logged) when it cannot
-    be had and it is not `required`."""
+    be had and it is not `required`. With `narrow`, also a one-thread session for parallel batches."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -630,7 +722,7 @@ def _open_onnx(folder: Path, meta: ModelMeta, threads: int, required: bool) -> _
         log.info("onnxruntime is not installed: %s runs on torch", folder.name)
         return None
     try:
-        return _OnnxModel(_onnx_session(folder, meta, threads))
+        return _OnnxModel(*_onnx_sessions(folder, meta, [threads, 1] if narrow and threads > 1 else [threads]))
     except Exception as err:
         if required:
             detail = str(err) if isinstance(err, KimchiError) else f"{err.__class__.__name__}: {err}"
@@ -655,26 +747,36 @@ def ort_options(threads: int):
 
 
 def _onnx_session(folder: Path, meta: ModelMeta, threads: int):
+    return _onnx_sessions(folder, meta, [threads])[0]
+
+
+def _onnx_sessions(folder: Path, meta: ModelMeta, threads: Sequence[int]) -> list:
+    """One session per entry of `threads` (its intra-op threads) on the version's checked model.onnx,
+    exported first when it is missing or does not match the version."""
     import onnxruntime as ort
 
     from models.onnx_export import ONNX, export_onnx, onnx_problem
 
-    options = ort_options(threads)
     path = folder / ONNX
+    source: str | bytes | None = None
     if path.is_file():
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), ort_options(threads[0]), providers=["CPUExecutionProvider"])
             problem = onnx_problem(folder, session.get_modelmeta().custom_metadata_map, len(meta.vocab),
                                    meta.preprocessing.size)
         except Exception as err:  # a damaged file: onnxruntime's error types vary by version
             problem = f"it cannot be loaded ({err.__class__.__name__})"
         if problem is None:
-            return session
-        log.warning("%s is not usable: %s; exporting it again", path, problem)
+            source = str(path)
+        else:
+            log.warning("%s is not usable: %s; exporting it again", path, problem)
     else:
         log.info("%s has no %s yet; exporting it", folder.name, ONNX)
-    export = export_onnx(folder)
-    return ort.InferenceSession(export.data, options, providers=["CPUExecutionProvider"])
+    if source is None:
+        source = export_onnx(folder).data
+        session = ort.InferenceSession(source, ort_options(threads[0]), providers=["CPUExecutionProvider"])
+    return [session] + [ort.InferenceSession(source, ort_options(n), providers=["CPUExecutionProvider"])
+                        for n in threads[1:]]
 
 
 def _load_and_prepare(runner: _Runner, load: Callable[[], bytes]) -> _Prepared:

@@ -23,11 +23,11 @@ async def test_a_crashed_batch_is_one_sentence_and_the_next_photo_is_answered(tr
     """As a CUDA out-of-memory error would: the batch fails, the worker carries on."""
     real_run, crashes = engine_module._Runner.run, []
 
-    def crash_once(self, prepared):
+    def crash_once(self, prepared, **kwargs):
         if not crashes:
             crashes.append(1)
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_run(self, prepared)
+        return real_run(self, prepared, **kwargs)
 
     monkeypatch.setattr(engine_module._Runner, "run", crash_once)
     erin = user(2002, "en")

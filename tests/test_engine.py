@@ -211,3 +211,14 @@ async def test_cold_start_then_first_model(trained, home):
     result = await classifier.classify(encode(draw(0, (160, 120))))
     classifier.close()
     assert result.version == "v1" and result.label == "배추김치"
+
+
+@pytest.mark.parametrize("presize,size", [(460, 224), (301, 128), (200, 160)])
+def test_the_fast_resample_is_fastais_within_float_rounding(presize, size):
+    from models.preprocess import batch_resize, fast_batch_resize
+
+    squares = torch.randint(0, 256, (2, presize, presize, 3), dtype=torch.uint8)
+    for x in (squares.permute(0, 3, 1, 2).float() / 255, squares.permute(0, 3, 1, 2).contiguous().float() / 255):
+        fast = fast_batch_resize(x, size)
+        assert fast.shape == (2, 3, size, size)
+        assert (fast - batch_resize(x, size)).abs().max() <= 3e-5

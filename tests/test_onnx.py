@@ -212,3 +212,68 @@ def test_kimchi_cpu_runtime_chooses_what_the_bot_serves_with(trained_copy):
             engine.classifier.close()
     with pytest.raises(KimchiError, match="KIMCHI_CPU_RUNTIME"):
         Settings.load(environ={**env, "KIMCHI_CPU_RUNTIME": "tensorrt"}, env_file=None)
+
+
+class _Counting:
+    """An ORT session wrapper that counts runs and the most that were in it at once."""
+
+    def __init__(self, session, log: list[str], name: str) -> None:
+        self.session, self.log, self.name = session, log, name
+        self.inside = self.most = 0
+        self.lock = __import__("threading").Lock()
+
+    def run(self, *args, **kwargs):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        self.log.append(self.name)
+        try:
+            return self.session.run(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained):
+    """On ONNX Runtime with two lanes: a burst runs on the one-thread session, two batches at once, with
+    the same answers as one at a time; a lone photo runs on the session with every thread."""
+    images = varied_images(24)
+    engine = Classifier(trained.registry, trained.version, EngineConfig(
+        device="cpu", cpu_runtime="onnx", top_k=100, max_batch=2, batch_workers=2, runtime_threads=2))
+    runs: list[str] = []
+    try:
+        onnx = engine._runner.onnx
+        assert engine._runner.parallel_batches == 2 and onnx.narrow is not None
+        onnx.wide, onnx.narrow = _Counting(onnx.wide, runs, "wide"), _Counting(onnx.narrow, runs, "narrow")
+        alone = np.array([[dict(asyncio.run(engine.classify(data)).top)[label] for label in engine.meta.vocab]
+                          for data in images])
+        assert set(runs) == {"wide"}
+
+        async def burst():
+            return await asyncio.gather(*(engine.classify(data) for data in images))
+
+        runs.clear()
+        together = np.array([[dict(r.top)[label] for label in engine.meta.vocab] for r in asyncio.run(burst())])
+        assert runs.count("narrow") >= len(runs) - 2 and onnx.narrow.most == 2, (runs, onnx.narrow.most)
+        runs.clear()
+        onnx.narrow.most = 0
+        streamed = _probs(engine, images)  # classify_stream: chunks on the lanes, results in order
+        assert set(runs) == {"narrow"} and onnx.narrow.most == 2
+        assert (together.argmax(1) == alone.argmax(1)).all() and np.abs(together - alone).max() <= 1e-5
+        assert (streamed.argmax(1) == alone.argmax(1)).all() and np.abs(streamed - alone).max() <= 1e-5
+    finally:
+        engine.close()
+    assert engine._lanes is None
+
+
+def test_kimchi_train_predict_on_onnx_imports_neither_torchvision_nor_fastai(trained, tmp_path):
+    """Its start-up is part of what a user waits for: the parser needs no torch at all, and the engine
+    on model.onnx needs neither torchvision (which imports torch._dynamo) nor fastai."""
+    import subprocess
+
+    (tmp_path / "a.jpg").write_bytes(varied_images(1)[0])
+    probe = ("import sys\nfrom training import cli\ncli.build_parser()\nparser_torch = 'torch' in sys.modules\n"
+             f"code = cli.main(['--home', {str(trained.home.root)!r}, 'predict', {str(tmp_path)!r}])\n"
+             "print('PROBE', code, parser_torch, 'torchvision' in sys.modules, 'fastai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
+    assert "PROBE 0 False False False" in out, out

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from models.archs import get_spec
 from models.errors import KimchiError
 
 
@@ -50,6 +49,8 @@ class Recipe:
         return cls(**{**PRESETS[preset][1], **overrides})
 
     def validate(self) -> None:
+        from models.archs import get_spec  # torch: not for `kimchi-train --help` or a command that needs none
+
         get_spec(self.arch)
         problems = []
         if self.epochs < 0 or self.freeze_epochs < 0 or self.cycles < 0:
@@ -80,6 +81,8 @@ class Recipe:
         return self.freeze_epochs + self.epochs + self.cycles
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from models.archs import get_spec
+
         return get_spec(self.arch).stats
 
 
