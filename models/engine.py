@@ -79,10 +79,19 @@ class EngineConfig:
 
 CPU_RUNTIMES = ("auto", "torch", "onnx")
 LANE_CHUNK = 8  # the largest batch when batches run side by side
+MAX_LANES = 8  # the most batches side by side, whatever the core count
 STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead
 # ORT's intra-op workers spin between ops by default; here they would burn the cores the decode threads
 # need (measured: torch's spinning OpenMP threads cost 5 ms -> 79 ms of CPU for one resample on a busy host).
 ORT_SPINNING = "0"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. `taskset` or a cpuset), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int]:
@@ -95,7 +104,7 @@ def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int
     is what a user waiting for one answer feels. Under load, see batch_plan(). ORT's workers sleep instead
     of spinning (ORT_SPINNING), so a wide batch leaves the cores to the decoders between its ops.
     """
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or usable_cpus()
     decode = config.decode_threads or max(1, min(8, cpus // 2))
     runtime = config.runtime_threads or cpus
     return decode, runtime
@@ -110,9 +119,10 @@ def batch_plan(config: EngineConfig, cpus: int | None = None) -> int:
     barrier to wait at: with 1 decode thread and 2 batch threads the scheduler shares the cores 1/3 : 2/3,
     which is the decode : network split of the work. Measured in one run: 24.2 -> 30.4 img/s; resident
     memory unchanged, as batches side by side are capped at LANE_CHUNK images (see _Runner.batch_cap).
+    At most MAX_LANES: each lane's batch holds its own activations in ORT's arena.
     """
-    cpus = cpus or os.cpu_count() or 1
-    return config.batch_workers or cpus
+    cpus = cpus or usable_cpus()
+    return config.batch_workers or min(cpus, MAX_LANES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +198,9 @@ class _Runner:
             self.model = model
         self.meta: ModelMeta = meta
         self.pre = meta.preprocessing
-        self.split_resize = (os.cpu_count() or 1) > 1
+        # Resize a lone photo's square as two halves on two threads: 8 -> 6.4 ms of latency, but 7.6 ->
+        # 11.7 ms of CPU, so never under load (prepare's `alone`) nor in a stream.
+        self.split_resize = usable_cpus() > 1
         self.gpu_decode = config.jpeg_decoder == "torchvision" or (config.jpeg_decoder == "auto" and cuda)
         self._warm_up()
 
@@ -230,13 +242,15 @@ class _Runner:
                 self._forward(squares, wide=False)
 
     # -- preparation, in the decode pool ------------------------------------------------------
-    def prepare(self, data: bytes) -> _Prepared:
+    def prepare(self, data: bytes, alone: bool = False) -> _Prepared:
+        """What the batch step needs of one image; `alone`: nothing else is in flight, so the latency of
+        this photo matters more than the CPU it costs."""
         try:
             if self.gpu_decode:
                 img = open_checked(data, self.config.limits)
                 if img.format == "JPEG" and img.mode in ("RGB", "L"):  # CMYK and the rest: Pillow
                     return _Jpeg(data, exif_orientation(img), img.size)
-            square = self._decode_and_presize(data)
+            square = self._decode_and_presize(data, split=alone and self.split_resize)
             if self.device.type == "cpu":
                 # On the CPU the whole per-image pipeline runs here, in parallel threads, leaving the
                 # worker only the model.
@@ -246,9 +260,9 @@ class _Runner:
         except ImageRejected as err:
             return ImageError(err.reason, err.detail)
 
-    def _decode_and_presize(self, data: bytes) -> np.ndarray:
+    def _decode_and_presize(self, data: bytes, split: bool = False) -> np.ndarray:
         img = decode_rgb(data, self.config.limits, draft_to=self.pre.presize if self.config.draft else None)
-        return presize_array(img, self.pre.presize, split=self.split_resize)
+        return presize_array(img, self.pre.presize, split=split)
 
     # -- the batch step, on the worker or the caller's thread --------------------------------
     def run(self, prepared: Sequence[_Prepared], wide: bool = True) -> list[Result]:
@@ -468,8 +482,13 @@ class Classifier:
             submit()
         while in_flight:
             prepared, run = in_flight.popleft()
-            results = run.result() if run is not None else runner.run([f.result() for f in prepared])
-            submit()
+            if run is None:  # one batch at a time: the next chunk decodes while this one runs
+                ready = [f.result() for f in prepared]
+                submit()
+                results = runner.run(ready)
+            else:
+                results = run.result()
+                submit()
             yield from results
 
     # -- asynchronous API ------------------------------------------------------------------------
@@ -493,7 +512,7 @@ class Classifier:
         return result
 
     def _submit_prepare(self, runner: "_Runner", data: bytes) -> cf.Future:
-        future = self._pool.submit(runner.prepare, data)
+        future = self._pool.submit(runner.prepare, data, self._pending <= 1)
         future.add_done_callback(lambda _: self._wake.set())
         return future
 
@@ -537,6 +556,8 @@ class Classifier:
                 self._wait_lanes(lambda n: n == 0)
                 return
             runner = self._runner  # read once: the whole batch runs on one version
+            if runner is not None and len(batch) > runner.batch_cap:  # swapped to a version with a smaller cap
+                pending[:0], batch = batch[runner.batch_cap:], batch[:runner.batch_cap]
             lanes = runner.parallel_batches if runner is not None else 1
             if lanes == 1:
                 self._run_batch(runner, batch, wide=True)
@@ -565,6 +586,8 @@ class Classifier:
     def _lane_pool(self, lanes: int) -> cf.ThreadPoolExecutor:
         with self._worker_lock:
             if self._lanes is None:
+                if self._closed:  # close() has shut the lanes down: a late batch runs on its caller
+                    raise RuntimeError("the classifier is closed")
                 self._lanes = cf.ThreadPoolExecutor(lanes, thread_name_prefix="kimchi-batch")
             return self._lanes
 

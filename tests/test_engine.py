@@ -222,3 +222,15 @@ def test_the_fast_resample_is_fastais_within_float_rounding(presize, size):
         fast = fast_batch_resize(x, size)
         assert fast.shape == (2, 3, size, size)
         assert (fast - batch_resize(x, size)).abs().max() <= 3e-5
+
+
+def test_a_lone_photos_two_thread_resize_is_bit_identical():
+    """The bot resizes a photo that comes alone as two halves on two threads; the pixels must be the ones a
+    single resize (and so fastai's Resize) gives, for every shape the split is taken for."""
+    from models.preprocess import presize_array
+
+    for i, size in enumerate([(1280, 960), (960, 1280), (1000, 1000), (2001, 1499), (921, 920)]):
+        img = Image.open(io.BytesIO(encode(draw(i % 4, size, seed=i), "JPEG"))).convert("RGB")
+        whole = presize_array(img, 460, split=False)
+        assert whole.shape == (460, 460, 3)
+        assert np.array_equal(presize_array(img, 460, split=True), whole), size

@@ -2,6 +2,7 @@
 replaced when damaged, refused when wrong, and the torch fallback or one clear error when it cannot be had."""
 import asyncio
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -215,28 +216,45 @@ def test_kimchi_cpu_runtime_chooses_what_the_bot_serves_with(trained_copy):
 
 
 class _Counting:
-    """An ORT session wrapper that counts runs and the most that were in it at once."""
+    """An ORT session wrapper that counts runs and the most that were in it at once. With `hold`, a run
+    waits (up to 10 s) for a second one to come in beside it, so that overlap does not hang on timing."""
 
-    def __init__(self, session, log: list[str], name: str) -> None:
-        self.session, self.log, self.name = session, log, name
+    def __init__(self, session, log: list[str], name: str, hold: bool = False) -> None:
+        self.session, self.log, self.name, self.hold = session, log, name, hold
         self.inside = self.most = 0
-        self.lock = __import__("threading").Lock()
+        self.lock = threading.Lock()
+        self.both = threading.Event()
 
     def run(self, *args, **kwargs):
         with self.lock:
             self.inside += 1
             self.most = max(self.most, self.inside)
+            if self.inside >= 2:
+                self.both.set()
         self.log.append(self.name)
         try:
+            if self.hold:
+                self.both.wait(10)
             return self.session.run(*args, **kwargs)
         finally:
             with self.lock:
                 self.inside -= 1
 
 
-def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained):
+def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained, monkeypatch):
     """On ONNX Runtime with two lanes: a burst runs on the one-thread session, two batches at once, with
-    the same answers as one at a time; a lone photo runs on the session with every thread."""
+    the same answers as one at a time; a lone photo runs on the session with every thread, and only its
+    resize is split over two threads (which costs CPU a burst cannot spare)."""
+    from models import engine as engine_module
+
+    splits: list[bool] = []
+    real_presize = engine_module.presize_array
+
+    def presize(img, presize, split=False):
+        splits.append(split)
+        return real_presize(img, presize, split=split)
+
+    monkeypatch.setattr(engine_module, "presize_array", presize)
     images = varied_images(24)
     engine = Classifier(trained.registry, trained.version, EngineConfig(
         device="cpu", cpu_runtime="onnx", top_k=100, max_batch=2, batch_workers=2, runtime_threads=2))
@@ -244,10 +262,11 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained):
     try:
         onnx = engine._runner.onnx
         assert engine._runner.parallel_batches == 2 and onnx.narrow is not None
-        onnx.wide, onnx.narrow = _Counting(onnx.wide, runs, "wide"), _Counting(onnx.narrow, runs, "narrow")
-        alone = np.array([[dict(asyncio.run(engine.classify(data)).top)[label] for label in engine.meta.vocab]
-                          for data in images])
-        assert set(runs) == {"wide"}
+        onnx.wide, onnx.narrow = _Counting(onnx.wide, runs, "wide"), _Counting(onnx.narrow, runs, "narrow", hold=True)
+        lone = [dict(asyncio.run(engine.classify(data)).top) for data in images]
+        alone = np.array([[top[label] for label in engine.meta.vocab] for top in lone])
+        assert set(runs) == {"wide"} and all(splits) and len(splits) == len(images)
+        splits.clear()
 
         async def burst():
             return await asyncio.gather(*(engine.classify(data) for data in images))
@@ -255,20 +274,26 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained):
         runs.clear()
         together = np.array([[dict(r.top)[label] for label in engine.meta.vocab] for r in asyncio.run(burst())])
         assert runs.count("narrow") >= len(runs) - 2 and onnx.narrow.most == 2, (runs, onnx.narrow.most)
+        assert splits.count(True) <= 1, splits  # the first of the burst may find itself alone
+        splits.clear()
         runs.clear()
         onnx.narrow.most = 0
+        onnx.narrow.both.clear()
         streamed = _probs(engine, images)  # classify_stream: chunks on the lanes, results in order
-        assert set(runs) == {"narrow"} and onnx.narrow.most == 2
+        assert set(runs) == {"narrow"} and onnx.narrow.most == 2 and not any(splits)
         assert (together.argmax(1) == alone.argmax(1)).all() and np.abs(together - alone).max() <= 1e-5
         assert (streamed.argmax(1) == alone.argmax(1)).all() and np.abs(streamed - alone).max() <= 1e-5
+        lanes = engine._lanes
     finally:
         engine.close()
-    assert engine._lanes is None
+    with pytest.raises(RuntimeError):  # close() shut the lanes down
+        lanes.submit(int)
 
 
 def test_kimchi_train_predict_on_onnx_imports_neither_torchvision_nor_fastai(trained, tmp_path):
     """Its start-up is part of what a user waits for: the parser needs no torch at all, and the engine
-    on model.onnx needs neither torchvision (which imports torch._dynamo) nor fastai."""
+    on model.onnx needs neither torchvision (which imports torch._dynamo) nor fastai. (On torch it would
+    import torchvision, for fold_batchnorm, so this also shows that it served from ONNX Runtime.)"""
     import subprocess
 
     (tmp_path / "a.jpg").write_bytes(varied_images(1)[0])
