@@ -74,7 +74,7 @@ class EngineConfig:
     runtime_threads: int = 0  # ONNX Runtime's intra-op threads for a batch that runs alone; 0: see thread_plan()
     # Batches ONNX Runtime may run at once on the CPU, one thread each; 0: see batch_plan(). 1: one batch at
     # a time on runtime_threads threads (how torch and CUDA always run).
-    batch_workers: int = 0
+    batch_lanes: int = 0
 
 
 CPU_RUNTIMES = ("auto", "torch", "onnx")
@@ -101,8 +101,9 @@ def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int
     Why, measured on 2 cores with resnet18 at 460/224 and 1280x960 JPEGs (bench/cpu_suite.py --thread-grid):
     an image costs ~20 ms of CPU to decode and resample and ~41 ms in the network on one ORT thread, so the
     network is 2/3 of the work. A lone photo's network time drops from 41 to 27 ms on two ORT threads, which
-    is what a user waiting for one answer feels. Under load, see batch_plan(). ORT's workers sleep instead
-    of spinning (ORT_SPINNING), so a wide batch leaves the cores to the decoders between its ops.
+    is what a user waiting for one answer feels. Under load, see batch_plan(). A wide batch runs only with
+    nothing beside it, so its workers spin for the length of its run (see ort_options); a single session
+    with no lanes beside it shares the cores with the decoders, so its workers sleep between ops.
     """
     cpus = cpus or usable_cpus()
     decode = config.decode_threads or max(1, min(8, cpus // 2))
@@ -122,7 +123,7 @@ def batch_plan(config: EngineConfig, cpus: int | None = None) -> int:
     At most MAX_LANES: each lane's batch holds its own activations in ORT's arena.
     """
     cpus = cpus or usable_cpus()
-    return config.batch_workers or min(cpus, MAX_LANES)
+    return config.batch_lanes or min(cpus, MAX_LANES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -257,7 +257,7 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained, monk
     monkeypatch.setattr(engine_module, "presize_array", presize)
     images = varied_images(24)
     engine = Classifier(trained.registry, trained.version, EngineConfig(
-        device="cpu", cpu_runtime="onnx", top_k=100, max_batch=2, batch_workers=2, runtime_threads=2))
+        device="cpu", cpu_runtime="onnx", top_k=100, max_batch=2, batch_lanes=2, runtime_threads=2))
     runs: list[str] = []
     try:
         onnx = engine._runner.onnx
