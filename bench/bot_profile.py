@@ -48,7 +48,6 @@ def stamped_fake(token: str):
         def __init__(self, token: str) -> None:
             super().__init__(token)
             self.polled: dict[int, float] = {}  # update_id -> when getUpdates answered with it
-            self.fetched: dict[str, float] = {}  # file path's id -> when its download arrived
             self.spans: dict[int, tuple[float, float]] = {}  # id(Call) -> (handler entered, answer made)
             self.file_spans: dict[str, tuple[float, float]] = {}  # file id -> the same for its download
 
@@ -70,7 +69,6 @@ def stamped_fake(token: str):
         async def _file(self, request):
             arrived = time.monotonic()
             file_id = request.match_info["path"].split("/")[-1].rsplit(".", 1)[0]
-            self.fetched.setdefault(file_id, arrived)
             response = await super()._file(request)
             self.file_spans.setdefault(file_id, (arrived, time.monotonic()))
             return response
@@ -108,7 +106,7 @@ async def profile(home_dir: Path | None, n: int, spy_out: Path | None, client: s
                 file_id = sent["photo"][-1]["file_id"]
                 get_file = next(c for c in fake.calls if c.method == "getFile" and c.params.get("file_id") == file_id)
                 update_id = max(fake.polled)  # one at a time: the newest update is this photo's
-                polled, fetched = fake.polled[update_id], fake.fetched[file_id]
+                polled, fetched = fake.polled[update_id], fake.file_spans[file_id][0]
                 steps["poll"].append(polled - pushed)
                 steps["dispatch"].append(get_file.at - polled)
                 steps["get_file"].append(fetched - get_file.at)
