@@ -212,9 +212,9 @@ def cpu_seconds() -> float:
 
 def thread_grid(registry, version: str, blobs: list[bytes], rounds: int, total: int) -> None:
     """Throughput and single p50 of the onnx engine for each (decode threads, ORT threads), interleaved."""
-    from models.engine import thread_plan, EngineConfig
+    from models.engine import EngineConfig, thread_plan, usable_cpus
 
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     choices = sorted({1, max(1, cpus // 2), cpus, cpus + 1})
     grid = [(d, t) for d in choices for t in choices if t <= cpus]
     print(f"default plan on this machine ({cpus} CPUs): decode, ORT = {thread_plan(EngineConfig())}")

@@ -191,10 +191,6 @@ def _resize_taps(presize: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return index, weight.float()
 
 
-def _dense(index: torch.Tensor, weight: torch.Tensor, presize: int) -> torch.Tensor:
-    return torch.zeros((index.shape[0], presize), dtype=weight.dtype, device=weight.device).scatter_add_(1, index, weight)
-
-
 def fast_batch_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """`batch_resize` as the same separable map, in two passes that only gather whole rows: the rows of
     the (B, H, W, 3) view, then, transposed, its columns. Equal to the reference within ~2e-5; on one
