@@ -39,7 +39,8 @@ def write_photos(folder: Path, blobs: list[bytes]) -> list[Path]:
 
 
 def trained_model(home: Path, arch: str = "resnet18", classes: int = 4, per_class: int = 16, size: int = 224,
-                  presize: int = 460, device: str = "auto", epochs: int = 1, freeze_epochs: int = 1):
+                  presize: int = 460, device: str = "auto", epochs: int = 1, freeze_epochs: int = 1,
+                  pretrained: bool = False):
     """A registry under `home` with one version trained on synthetic photos (reused if already there)."""
     from models.registry import Registry
     from training.config import Recipe
@@ -51,7 +52,7 @@ def trained_model(home: Path, arch: str = "resnet18", classes: int = 4, per_clas
         return registry, registry.current()
     data = home / "data"
     make_dataset(data, classes=classes, per_class=per_class, size=(640, 480))
-    recipe = Recipe(arch=arch, pretrained=False, size=size, presize=presize, bs=16, epochs=epochs,
+    recipe = Recipe(arch=arch, pretrained=pretrained, size=size, presize=presize, bs=16, epochs=epochs,
                     freeze_epochs=freeze_epochs, workers=0, device=device)
     outcome = train(data, recipe, registry, Progress("quiet"), report=False)
     return registry, outcome.version
