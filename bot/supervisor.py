@@ -198,6 +198,11 @@ class RetrainSupervisor:
         return kimchi_train(self.settings.home.root, "audit", "--items", str(items_file), "--out", str(out_dir),
                             "--progress", "json", "--device", self.settings.device)
 
+    def trainer_env(self) -> dict[str, str]:
+        """What the trainer's engine (holdout scoring, the audit's embeddings) runs on the CPU: the bot's own
+        choice, which may come from .env and so not be in the environment the trainer inherits."""
+        return {"KIMCHI_CPU_RUNTIME": self.settings.cpu_runtime}
+
     def command(self, tset: TrainingSet) -> list[str]:
         home = self.settings.home
         return kimchi_train(home.root, "train", str(tset.train_dir), *self.settings.train_args, "--progress", "json",
@@ -246,7 +251,8 @@ class RetrainSupervisor:
         items_file.write_text("".join(json.dumps({"path": str(i.path), "label": i.label, "sha256": sha},
                                                  ensure_ascii=False) + "\n"
                                       for sha, i in sorted(run.collected.items.items())), encoding="utf-8")
-        run.process = TrainerProcess(self.audit_command(items_file, out_dir), run.folder / "audit.log")
+        run.process = TrainerProcess(self.audit_command(items_file, out_dir), run.folder / "audit.log",
+                                     env=self.trainer_env())
         await run.process.start()
         try:
             code = await run.process.finish(self.settings.retrain_timeout_min * 60)
@@ -292,7 +298,8 @@ class RetrainSupervisor:
             elif isinstance(event, StageEvent) and event.stage is Stage.SCORING:
                 await self.notifier.progress(run, event)
 
-        process = run.process = TrainerProcess(self.command(run.training_set), run.folder / "train.log", relay)
+        process = run.process = TrainerProcess(self.command(run.training_set), run.folder / "train.log", relay,
+                                               env=self.trainer_env())
         await process.start()
         if run.cancelled:  # cancelled while spawning: the process exists now, so stop it
             await process.stop()

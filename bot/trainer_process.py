@@ -33,8 +33,9 @@ def kimchi_train(home: Path, *args: str) -> list[str]:
 
 class TrainerProcess:
     def __init__(self, command: list[str], log_path: Path,
-                 on_event: Callable[[Event], Awaitable[None]] | None = None) -> None:
-        self.command, self.log_path, self.on_event = command, log_path, on_event
+                 on_event: Callable[[Event], Awaitable[None]] | None = None, env: dict[str, str] | None = None) -> None:
+        """`env`: set in the trainer's environment over the bot's own (settings that may come from .env)."""
+        self.command, self.log_path, self.on_event, self.env = command, log_path, on_event, env or {}
         self.events: list[Event] = []
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self.process: asyncio.subprocess.Process | None = None
@@ -48,7 +49,7 @@ class TrainerProcess:
         env = {k: v for k, v in os.environ.items() if k not in SECRETS}
         self.process = await asyncio.create_subprocess_exec(
             *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            env={**env, "PYTHONUNBUFFERED": "1"}, limit=16 * 1024 * 1024)
+            env={**env, **self.env, "PYTHONUNBUFFERED": "1"}, limit=16 * 1024 * 1024)
         return self.process.pid
 
     async def finish(self, timeout_s: float) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.archs import get_spec
-from models.engine import EngineConfig, _chunks, _load_and_prepare, _Runner, thread_plan
+from models.engine import EngineConfig, _chunks, _load_and_prepare, _Runner, cpu_runtime_from_env, thread_plan
 from models.errors import ImageRejected
 from models.registry import Registry
 from models.types import ImageError
@@ -176,7 +176,7 @@ class Embedder:
 
     def __init__(self, source: Registry | Path | str, version: str | None = "current", device: str = "cpu",
                  batch_size: int = 32) -> None:
-        self.config = EngineConfig(device=device, max_batch=batch_size)
+        self.config = EngineConfig(device=device, max_batch=batch_size, cpu_runtime=cpu_runtime_from_env())
         self.runner = _open_runner(source, version, self.config)
 
     @property

@@ -78,6 +78,16 @@ class EngineConfig:
 
 
 CPU_RUNTIMES = ("auto", "torch", "onnx")
+
+
+def cpu_runtime_from_env() -> str:
+    """KIMCHI_CPU_RUNTIME for the processes that are not the bot: `kimchi-train predict`, and the holdout
+    scoring and audit of a retrain (the bot reads it with its settings, .env included, and hands it to
+    the trainer it starts). Unset is auto; a value that is not a runtime is one sentence."""
+    value = os.environ.get("KIMCHI_CPU_RUNTIME", "").strip() or "auto"
+    if value not in CPU_RUNTIMES:
+        raise KimchiError(f"KIMCHI_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not '{value}'.")
+    return value
 LANE_CHUNK = 8  # the largest batch when batches run side by side
 MAX_LANES = 8  # the most batches side by side, whatever the core count
 STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from models.engine import Classifier, EngineConfig
+from models.engine import Classifier, EngineConfig, cpu_runtime_from_env
 from models.errors import KimchiError
 from models.metrics import summarize
 from models.protocol import HoldoutScore
@@ -31,7 +31,7 @@ def read_holdout(path: Path) -> list[dict[str, Any]]:
 def score(registry: Registry, version: str, rows: list[dict[str, Any]],
           device: str) -> tuple[HoldoutScore, np.ndarray, list[str]]:
     """`version` on the holdout rows: its score, its confusion matrix and that matrix's class order."""
-    classifier = Classifier(registry, version, EngineConfig(device=device, max_batch=64))
+    classifier = Classifier(registry, version, EngineConfig(device=device, max_batch=64, cpu_runtime=cpu_runtime_from_env()))
     try:
         loaders = [(lambda p=Path(r["path"]): p.read_bytes()) for r in rows]
         preds = [r.label if r.ok else FAILED for r in classifier.classify_stream(loaders)]

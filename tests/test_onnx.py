@@ -215,6 +215,34 @@ def test_kimchi_cpu_runtime_chooses_what_the_bot_serves_with(trained_copy):
         Settings.load(environ={**env, "KIMCHI_CPU_RUNTIME": "tensorrt"}, env_file=None)
 
 
+def test_kimchi_cpu_runtime_reaches_kimchi_train_predict_and_the_holdout_scoring(trained_copy, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """The bot reads KIMCHI_CPU_RUNTIME with its settings; the command line and the trainer's holdout
+    scoring read it from the environment, `--cpu-runtime` wins over it, and a wrong value is one sentence."""
+    from models.holdout import score
+
+    folder = trained_copy.registry.path(trained_copy.version)
+    (folder / ONNX).unlink()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, data in enumerate(varied_images(3)):
+        (photos / f"{i}.jpg").write_bytes(data)
+    predict = ["--home", str(trained_copy.home.root), "predict", str(photos)]
+    monkeypatch.setenv("KIMCHI_CPU_RUNTIME", "torch")
+    assert kimchi_train(predict) == 0
+    assert "cpu, torch, batch" in capsys.readouterr().err and not (folder / ONNX).exists()  # nothing exported
+    label = load_artifact(folder, device="cpu")[1].vocab[0]
+    rows = [{"path": str(p), "label": label} for p in sorted(photos.iterdir())]
+    assert score(trained_copy.registry, trained_copy.version, rows, "cpu")[0].n == 3
+    assert not (folder / ONNX).exists()
+    assert kimchi_train([*predict, "--cpu-runtime", "onnx"]) == 0
+    assert "cpu, onnx, batch" in capsys.readouterr().err and (folder / ONNX).is_file()
+    monkeypatch.setenv("KIMCHI_CPU_RUNTIME", "tensorrt")
+    assert kimchi_train(predict) == 1
+    err = capsys.readouterr().err.strip()
+    assert "KIMCHI_CPU_RUNTIME" in err and "tensorrt" in err and len(err.splitlines()) == 1, err
+
+
 class _Counting:
     """An ORT session wrapper that counts runs and the most that were in it at once. With `hold`, a run
     waits (up to 10 s) for a second one to come in beside it, so that overlap does not hang on timing."""

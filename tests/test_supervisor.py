@@ -222,3 +222,12 @@ async def test_the_audit_sends_a_flagged_label_back_to_review_and_keeps_near_dup
     sides = {r["sha256"]: r["split"] for r in rows(world.settings.home, "SELECT sha256, split FROM splits")}
     assert sides[pair[0]] == sides[pair[1]]  # near-duplicates on one side of the holdout
     assert outcome.failure is Failure.EXIT_STATUS
+
+
+async def test_the_trainer_runs_the_model_on_the_bots_cpu_runtime(world):
+    """KIMCHI_CPU_RUNTIME may come from .env, which the trainer does not read: the bot hands it over, so the
+    holdout scoring and the audit run the model the way the bot serves it."""
+    world.settings = dataclasses.replace(world.settings, cpu_runtime="torch")
+    said = f"print({ErrorEvent(message='@').to_json()!r}.replace('@', os.environ['KIMCHI_CPU_RUNTIME'])); sys.exit(1)"
+    _, outcome = await run_script(world, trainer(extra=said))
+    assert (outcome.failure, outcome.detail) == (Failure.TRAINER_ERROR, "torch")

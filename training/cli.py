@@ -164,12 +164,13 @@ def _collect(paths: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace, home: Home) -> int:
-    from models.engine import Classifier, EngineConfig
+    from models.engine import Classifier, EngineConfig, cpu_runtime_from_env
 
     files = _collect(args.paths)
     if not files:
         raise KimchiError(f"No images found in {' '.join(args.paths)}.")
-    config = EngineConfig(device=args.device, max_batch=args.batch_size, top_k=args.top)
+    config = EngineConfig(device=args.device, max_batch=args.batch_size, top_k=args.top,
+                          cpu_runtime=args.cpu_runtime or cpu_runtime_from_env())
     classifier = Classifier(registry_for(args, home), args.model, config)
     started = time.perf_counter()
     ok = errors = 0
@@ -196,7 +197,8 @@ def cmd_predict(args: argparse.Namespace, home: Home) -> int:
         classifier.close()
     elapsed = time.perf_counter() - started
     print(f"classified {ok} images in {elapsed:.2f} s: {ok / elapsed if elapsed else 0:.1f} img/s "
-          f"(model {classifier.version}, device {classifier.device}, batch {args.batch_size}); {errors} errors",
+          f"(model {classifier.version}, device {classifier.device}, {classifier.runtime}, batch {args.batch_size}); "
+          f"{errors} errors",
           file=sys.stderr)
     return 0 if ok else 1
 
@@ -375,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, metavar="K")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--cpu-runtime", choices=["auto", "onnx", "torch"],
+                   help="what runs the model on the CPU (default: KIMCHI_CPU_RUNTIME, else auto: model.onnx "
+                        "on ONNX Runtime when it can be had, else torch)")
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_predict)
 
