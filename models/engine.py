@@ -78,6 +78,12 @@ class EngineConfig:
 
 
 CPU_RUNTIMES = ("auto", "torch", "onnx")
+LANE_CHUNK = 8  # the largest batch when batches run side by side
+MAX_LANES = 8  # the most batches side by side, whatever the core count
+STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead
+# ORT's intra-op workers spin between ops by default; here they would burn the cores the decode threads
+# need (measured: torch's spinning OpenMP threads cost 5 ms -> 79 ms of CPU for one resample on a busy host).
+ORT_SPINNING = "0"
 
 
 def cpu_runtime_from_env() -> str:
@@ -88,12 +94,6 @@ def cpu_runtime_from_env() -> str:
     if value not in CPU_RUNTIMES:
         raise KimchiError(f"KIMCHI_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not '{value}'.")
     return value
-LANE_CHUNK = 8  # the largest batch when batches run side by side
-MAX_LANES = 8  # the most batches side by side, whatever the core count
-STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead
-# ORT's intra-op workers spin between ops by default; here they would burn the cores the decode threads
-# need (measured: torch's spinning OpenMP threads cost 5 ms -> 79 ms of CPU for one resample on a busy host).
-ORT_SPINNING = "0"
 
 
 def usable_cpus() -> int:

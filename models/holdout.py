@@ -31,7 +31,8 @@ def read_holdout(path: Path) -> list[dict[str, Any]]:
 def score(registry: Registry, version: str, rows: list[dict[str, Any]],
           device: str) -> tuple[HoldoutScore, np.ndarray, list[str]]:
     """`version` on the holdout rows: its score, its confusion matrix and that matrix's class order."""
-    classifier = Classifier(registry, version, EngineConfig(device=device, max_batch=64, cpu_runtime=cpu_runtime_from_env()))
+    config = EngineConfig(device=device, max_batch=64, cpu_runtime=cpu_runtime_from_env())
+    classifier = Classifier(registry, version, config)
     try:
         loaders = [(lambda p=Path(r["path"]): p.read_bytes()) for r in rows]
         preds = [r.label if r.ok else FAILED for r in classifier.classify_stream(loaders)]
