@@ -74,10 +74,21 @@ def test_compose_services_volume_healthcheck_and_profiles():
     assert api["environment"]["TELEGRAM_LOCAL"] == "1"
     assert "telegram-bot-api:/var/lib/telegram-bot-api:ro" in bot["volumes"]  # the bot reads its files by path
 
-    gpu = services["bot-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["extends"]["service"] == "bot"
-    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    # One bot service only, whatever the profiles: two bots on one token would take each other's updates.
+    assert [name for name, service in services.items() if service.get("image", "").startswith("kimchi-bot")] == ["bot"]
+
+
+def test_the_gpu_bot_is_an_override_of_the_one_bot_service():
+    gpu = yaml.safe_load((ROOT / "deploy" / "compose.gpu.yaml").read_text(encoding="utf-8"))
+    assert list(gpu["services"]) == ["bot"]  # it changes `bot`; it adds no second bot beside it
+    bot = gpu["services"]["bot"]
+    assert bot["environment"]["KIMCHI_DEVICE"] == "cuda"
+    index = bot["build"]["args"]["TORCH_INDEX"]
+    assert index.startswith("https://download.pytorch.org/whl/cu")
+    assert "ARG TORCH_INDEX" in (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")  # the arg lands
+    (device,) = bot["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "compose.gpu.yaml" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_dockerignore_keeps_secrets_and_tests_out():
