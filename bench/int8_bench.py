@@ -82,6 +82,8 @@ def main() -> None:
                                       pretrained=args.pretrained)
     folder = registry.path(version)
     _, meta = load_artifact(folder, device="cpu")
+    if meta.arch != args.arch:
+        raise SystemExit(f"{home} already holds a {meta.arch} model; give another --home for {args.arch}.")
     fp32 = home / "fp32.onnx"
     fp32.write_bytes(export_onnx(folder, write=False).data)
     prepared = home / "prepared.onnx"

@@ -335,7 +335,8 @@ class RetrainSupervisor:
                 log.info("retrain %s: %s serves now, not %s; scoring it on the holdout", run.id, serving,
                          current.version if current else None)
                 rows = read_holdout(run.training_set.holdout_file)
-                current = (await asyncio.to_thread(score, self.serving.registry, serving, rows, "cpu"))[0] if rows else None
+                current = (await asyncio.to_thread(score, self.serving.registry, serving, rows, "cpu",
+                                                   self.settings.cpu_runtime))[0] if rows else None
                 result = TrainResult(**{**result.__dict__, "current": current})
             decision = decide(result.candidate, current, self.settings.promote_tolerance,
                               self.settings.promote_class_drop)

@@ -28,10 +28,11 @@ def read_holdout(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def score(registry: Registry, version: str, rows: list[dict[str, Any]],
-          device: str) -> tuple[HoldoutScore, np.ndarray, list[str]]:
-    """`version` on the holdout rows: its score, its confusion matrix and that matrix's class order."""
-    config = EngineConfig(device=device, max_batch=64, cpu_runtime=cpu_runtime_from_env())
+def score(registry: Registry, version: str, rows: list[dict[str, Any]], device: str,
+          cpu_runtime: str | None = None) -> tuple[HoldoutScore, np.ndarray, list[str]]:
+    """`version` on the holdout rows: its score, its confusion matrix and that matrix's class order.
+    `cpu_runtime`: the bot passes its setting; the trainer leaves it to KIMCHI_CPU_RUNTIME."""
+    config = EngineConfig(device=device, max_batch=64, cpu_runtime=cpu_runtime or cpu_runtime_from_env())
     classifier = Classifier(registry, version, config)
     try:
         loaders = [(lambda p=Path(r["path"]): p.read_bytes()) for r in rows]

@@ -34,10 +34,15 @@ def test_wrong_path_empty_and_single_class_folders(home, tmp_path, capsys):
     assert not Registry(home.models).versions()
 
 
-def test_unknown_arch_and_bad_values(home, tmp_path, capsys):
+def test_unknown_arch_and_bad_values(home, tmp_path, capsys, monkeypatch):
     make_dataset(tmp_path / "d", classes=2, per_class=3)
     _fails(capsys, ["train", str(tmp_path / "d"), "--arch", "vgg99", *TINY], "Unknown architecture 'vgg99'", "resnet18")
     _fails(capsys, ["train", str(tmp_path / "d"), "--valid-pct", "1.5", *TINY], "valid_pct")
+    monkeypatch.setenv("KIMCHI_CPU_RUNTIME", "tensorrt")  # the holdout scoring's runtime: said before training
+    (tmp_path / "holdout.jsonl").write_text("", encoding="utf-8")
+    _fails(capsys, ["train", str(tmp_path / "d"), "--holdout", str(tmp_path / "holdout.jsonl"), *TINY],
+           "KIMCHI_CPU_RUNTIME", "tensorrt")
+    assert not Registry(home.models).versions()
 
 
 def test_offline_without_weights_says_what_to_pass(home, tmp_path, capsys, monkeypatch):

@@ -166,8 +166,15 @@ async def test_cancel_before_the_spawn_and_a_timeout(world):
     assert run.process.process.returncode is not None  # stopped, not left running
 
 
-async def test_the_decision_is_against_what_serves_when_the_run_ends(world):
-    """A manual /promote during training: the candidate is compared with that model, scored on the holdout."""
+async def test_the_decision_is_against_what_serves_when_the_run_ends(world, monkeypatch):
+    """A manual /promote during training: the candidate is compared with that model, scored on the holdout,
+    here in the bot, on the bot's CPU runtime (which may come from .env, not the environment)."""
+    from models import holdout
+
+    monkeypatch.delenv("KIMCHI_CPU_RUNTIME", raising=False)
+    world.settings = dataclasses.replace(world.settings, cpu_runtime="torch")
+    runtimes, config = [], holdout.EngineConfig
+    monkeypatch.setattr(holdout, "EngineConfig", lambda **kw: runtimes.append(kw["cpu_runtime"]) or config(**kw))
     registry = world.serving.registry
     v2 = publish_relabelled(registry, "v1")
     v3 = publish_relabelled(registry, "v1")
@@ -182,6 +189,7 @@ async def test_the_decision_is_against_what_serves_when_the_run_ends(world):
     # v3 (relabelled, confidently wrong) scores low on the real holdout; the decision used its real figures
     assert outcome.decision.findings[0].current == outcome.result.current.f1_macro
     assert world.serving.version == (v2 if outcome.decision.promote else v3)
+    assert runtimes == ["torch"]
 
 
 async def test_too_few_classes_is_refused_before_any_run(world):

@@ -111,6 +111,10 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     progress = Progress(args.progress if distributed.is_main() else "quiet")  # rank 0 alone reports
     baseline = registry.current()  # the model serving before this run, for --holdout
     try:
+        if args.holdout:  # a wrong KIMCHI_CPU_RUNTIME is said before the training, not after it
+            from models.engine import cpu_runtime_from_env
+
+            cpu_runtime_from_env()
         outcome = train(data_dir, recipe, registry, progress)
         if outcome is None:  # a launched process other than rank 0: its share is done, rank 0 publishes
             return 0
