@@ -6,6 +6,10 @@ JSON) a getFile is 4.3 vs 3.4 ms and a 200 KB download 3.9 vs 2.6 ms (bench/bot_
 makes three such calls on its way to an answer, plus the long poll that brought it.
 `KIMCHI_HTTP_CLIENT=httpx` goes back to PTB's own client.
 
+Proxies come from the environment (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY), read once per Bot API
+origin, as httpx reads them once per client. aiohttp's own `trust_env` reads them, and ~/.netrc, in a
+worker thread on every request: two thread hops a call, 1.12 against 0.47 ms an exchange here.
+
 Errors follow HTTPXRequest's contract: no answer within a timeout is `TimedOut`, any other transport
 failure `NetworkError("aiohttp.<Kind>: …")` raised from the original (bot.startup reads the chain for
 its one sentence); an HTTP answer, whatever its status, goes back to PTB, which maps it.
@@ -15,6 +19,8 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, HTTPXRequest, RequestData
 
@@ -32,6 +38,7 @@ class AiohttpRequest(BaseRequest):
         self._defaults = {"read": read_timeout, "write": write_timeout, "connect": connect_timeout,
                           "pool": pool_timeout, "media_write": media_write_timeout}
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[URL, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     @property
     def read_timeout(self) -> float | None:
@@ -39,9 +46,9 @@ class AiohttpRequest(BaseRequest):
 
     async def initialize(self) -> None:
         if self._session is None or self._session.closed:
-            # trust_env: HTTPS_PROXY and friends, as httpx honours them
+            # no trust_env: _proxy() reads the environment's proxies once per origin instead of every call
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._pool_size),
-                                                  trust_env=True, headers={"User-Agent": self.USER_AGENT},
+                                                  headers={"User-Agent": self.USER_AGENT},
                                                   timeout=aiohttp.ClientTimeout(total=None))
 
     async def shutdown(self) -> None:
@@ -74,13 +81,25 @@ class AiohttpRequest(BaseRequest):
                 body.add_field(name, value)
             for name, (filename, content, mimetype) in files.items():
                 body.add_field(name, content, filename=filename, content_type=mimetype)
+        proxy, proxy_auth = self._proxy(url)
         try:
-            async with session.request(method, url, data=body, timeout=timeout) as response:
+            async with session.request(method, url, data=body, timeout=timeout, proxy=proxy,
+                                       proxy_auth=proxy_auth) as response:
                 return response.status, await response.read()
         except asyncio.TimeoutError as err:  # aiohttp's own timeout errors are subclasses
             raise TimedOut from err
         except aiohttp.ClientError as err:
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+
+    def _proxy(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The environment's proxy for `url`'s origin, or (None, None): NO_PROXY names it, or none is set."""
+        origin = URL(url).origin()
+        if origin not in self._proxies:
+            try:
+                self._proxies[origin] = get_env_proxy_for_url(origin)
+            except LookupError:
+                self._proxies[origin] = (None, None)
+        return self._proxies[origin]
 
     def _default(self, value, name: str) -> float | None:
         return self._defaults[name] if isinstance(value, _DEFAULT) else value

@@ -61,6 +61,42 @@ async def test_a_silent_server_times_out_and_a_closed_port_says_why(unused_tcp_p
     assert err.value.message.startswith("aiohttp.") and reason(err.value) == "connection refused"
 
 
+async def test_a_proxy_from_the_environment_carries_the_calls_unless_no_proxy_names_the_host(monkeypatch):
+    """HTTP(S)_PROXY and NO_PROXY, read once per origin rather than per call (aiohttp's trust_env rereads
+    them in a thread every time). The API host does not resolve: only the proxy can answer for it."""
+    seen: list[str] = []
+    me = b'{"ok": true, "result": {"id": 1, "is_bot": true, "first_name": "K", "username": "kimchi_test_bot"}}'
+
+    async def proxy(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n")[0].decode())
+        length = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        await reader.readexactly(length[0] if length else 0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(me), me))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    api = "http://api.kimchi.invalid/bot"
+    try:
+        async with Bot(TOKEN, base_url=api, request=AiohttpRequest()) as bot:  # initialize() calls getMe
+            await bot.get_me()
+        assert seen == [f"POST {api}{TOKEN}/getMe HTTP/1.1"] * 2
+        monkeypatch.setenv("NO_PROXY", "api.kimchi.invalid")
+        with pytest.raises(NetworkError):  # straight to a host that does not resolve
+            async with Bot(TOKEN, base_url=api, request=AiohttpRequest()):
+                pass
+        assert len(seen) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_the_client_is_a_setting(fake, home):
     for name, kind in (("aiohttp", AiohttpRequest), ("httpx", HTTPXRequest)):
         app = build_application(Settings.load(environ=bot_env(home, fake, KIMCHI_HTTP_CLIENT=name), env_file=None))
