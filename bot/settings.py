@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from bot.botapi import HTTP_CLIENTS
 from models.errors import KimchiError
 from models.home import Home
+from models.types import CPU_RUNTIMES
 
 TOKEN_PATTERN = re.compile(r"^\d{5,}:[A-Za-z0-9_-]{30,}$")
 WEBHOOK_SECRET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -150,7 +151,7 @@ class Settings:
             home=Home.from_env(values["KIMCHI_HOME"]),
             admin_ids=_ids(values["KIMCHI_ADMIN_IDS"]),
             device=_choice("KIMCHI_DEVICE", values["KIMCHI_DEVICE"], ("auto", "cpu", "cuda")),
-            cpu_runtime=_choice("KIMCHI_CPU_RUNTIME", values["KIMCHI_CPU_RUNTIME"], ("auto", "onnx", "torch")),
+            cpu_runtime=_choice("KIMCHI_CPU_RUNTIME", values["KIMCHI_CPU_RUNTIME"], CPU_RUNTIMES),
             http_client=_choice("KIMCHI_HTTP_CLIENT", values["KIMCHI_HTTP_CLIENT"], HTTP_CLIENTS),
             confidence_threshold=_number("KIMCHI_CONFIDENCE_THRESHOLD", values, float, 0, 1),
             rate_limit=_number("KIMCHI_RATE_LIMIT", values, int, 0, 10_000),

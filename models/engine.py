@@ -42,7 +42,7 @@ from models.errors import ArtifactError, Busy, EngineCrashed, ImageRejected, Kim
 from models.preprocess import ImageLimits, crop_box, decode_rgb, exif_orientation, open_checked, presize_array, to_batch
 from models.registry import Registry
 from models.resample import pil_bilinear
-from models.types import ImageError, Prediction, Result
+from models.types import CPU_RUNTIMES, ImageError, Prediction, Result
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ class EngineConfig:
     batch_lanes: int = 0
 
 
-CPU_RUNTIMES = ("auto", "torch", "onnx")
 LANE_CHUNK = 8  # the largest batch when batches run side by side
 MAX_LANES = 8  # the most batches side by side, whatever the core count
 STREAM_AHEAD = 2  # chunks per lane that classify_stream keeps reading and decoding ahead

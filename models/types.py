@@ -1,7 +1,10 @@
-"""Small values that cross rooms: what the engine answers for one image."""
+"""Small values that cross rooms: what the engine answers for one image, and the names of what may run
+the model on the CPU (the bot's settings, `kimchi-train predict` and the engine check against them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+CPU_RUNTIMES = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)

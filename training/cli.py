@@ -19,6 +19,7 @@ from models.home import Home
 from models.logs import setup_logging
 from models.protocol import ErrorEvent, Stage, StageEvent
 from models.registry import Registry
+from models.types import CPU_RUNTIMES
 
 log = logging.getLogger("training.cli")
 
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=3, metavar="K")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--cpu-runtime", choices=["auto", "onnx", "torch"],
+    p.add_argument("--cpu-runtime", choices=CPU_RUNTIMES,
                    help="what runs the model on the CPU (default: KIMCHI_CPU_RUNTIME, else auto: model.onnx "
                         "on ONNX Runtime when it can be had, else torch)")
     p.add_argument("--models-dir")
