@@ -188,7 +188,7 @@ async def test_the_token_is_in_no_log_file_after_a_failed_download(trained_copy,
         await fake.reply_to(sent, timeout=30)
     finally:
         process.terminate()
-        process.wait(30)
+        await asyncio.to_thread(process.wait, 30)  # not process.wait: the fake must go on answering its last calls
     logs = list(trained_copy.home.logs.glob("*")) + [tmp_path / "bot.out"]
     assert any("download of" in p.read_text(errors="replace") for p in logs)
     secret = TOKEN.split(":", 1)[1]

@@ -58,10 +58,11 @@ async def test_review_accept_relabel_reject_and_block(trained_copy, fake):
     home, admin = trained_copy.home, user(ADMIN, "en")
     bob, carol = user(4003, "en"), user(4004, "en")
     async with running_bot(home, fake, **LOOSE):
-        for who, seed, cls in ((bob, 1, 4), (bob, 2, 5), (bob, 3, 6), (carol, 4, 7), (carol, 5, 8)):
+        for n, (who, seed, cls) in enumerate(((bob, 1, 4), (bob, 2, 5), (bob, 3, 6), (carol, 4, 7), (carol, 5, 8))):
             msg, answer, _ = await photo_and_answer(fake, who, photo_bytes(0, 200 + seed))
             await fake.tap(who, answer, f"set:{msg['message_id']}:{cls}")
-        await fake.wait_for(lambda c: c.method == "editMessageText", count=5)
+            # one label stored before the next photo, so the queue's order (by id) is the order they were given in
+            await fake.wait_for(lambda c: c.method == "editMessageText", count=n + 1)
         assert [r[0] for r in rows(home, "SELECT status FROM corrections")] == ["pending"] * 5
 
         async def item(n):
@@ -83,6 +84,7 @@ async def test_review_accept_relabel_reject_and_block(trained_copy, fake):
         await fake.wait_for(lambda c: c.method == "editMessageReplyMarkup" and "rv:l:" in str(c.params))
         await fake.tap(admin, card, f"rv:l:{second}:0")
         shown, card = await item(3)
+        assert "User's label: 무생채" in shown.params["caption"]  # oldest first
         third = buttons(shown)[0][0]["callback_data"].split(":")[2]
         await fake.tap(admin, card, f"rv:x:{third}")                 # reject
         shown, card = await item(4)
