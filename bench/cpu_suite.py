@@ -212,7 +212,8 @@ def cpu_seconds() -> float:
 
 def thread_grid(registry, version: str, blobs: list[bytes], rounds: int, total: int) -> None:
     """Throughput and single p50 of the onnx engine for each (decode threads, ORT threads), interleaved."""
-    from models.engine import EngineConfig, thread_plan, usable_cpus
+    from models.device import usable_cpus
+    from models.engine import EngineConfig, thread_plan
 
     cpus = usable_cpus()
     choices = sorted({1, max(1, cpus // 2), cpus, cpus + 1})

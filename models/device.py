@@ -1,5 +1,8 @@
-"""Choosing the torch device from the one word the settings and flags use: auto, cpu or cuda."""
+"""Choosing the torch device from the one word the settings and flags use (auto, cpu or cuda), and how many
+CPUs this process may use."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -18,3 +21,11 @@ def resolve_device(device: str) -> torch.device:
     if device not in DEVICES:
         raise KimchiError(f"Unknown device '{device}'; use auto, cpu or cuda.")
     return torch.device(device)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, e.g. `taskset` or a cpuset), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

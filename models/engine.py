@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from models.archs import fold_batchnorm
-from models.device import resolve_device
+from models.device import resolve_device, usable_cpus
 from models.artifact import ModelMeta, load_artifact, read_meta
 from models.errors import ArtifactError, Busy, EngineCrashed, ImageRejected, KimchiError, NoModel
 from models.preprocess import ImageLimits, crop_box, decode_rgb, exif_orientation, open_checked, presize_array, to_batch
@@ -93,14 +93,6 @@ def cpu_runtime_from_env() -> str:
     if value not in CPU_RUNTIMES:
         raise KimchiError(f"KIMCHI_CPU_RUNTIME must be one of {', '.join(CPU_RUNTIMES)}, not '{value}'.")
     return value
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity, e.g. `taskset` or a cpuset), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def thread_plan(config: EngineConfig, cpus: int | None = None) -> tuple[int, int]:

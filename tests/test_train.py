@@ -1,5 +1,6 @@
 """Training end to end through the CLI, the artifact it publishes, and the commands around it."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,41 @@ def test_evaluate_writes_report_and_pictures(trained_copy, tmp_path, capsys):
         assert sum(int(p.rsplit(": ", 1)[1]) for p in pairs) == off_diagonal.sum()
     else:
         assert pairs == ["(no confusions)"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_threads_and_loader_workers_follow_the_cpus_this_process_may_use():
+    """Under `taskset` or a container's cpuset the machine's CPU count overstates what we may run on."""
+    import torch
+
+    from models.engine import thread_plan
+    from training.learner import default_workers
+
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # this thread only; the others keep theirs
+    try:
+        one = (default_workers(torch.device("cpu")), thread_plan(EngineConfig(device="cpu")))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert one == (0, (1, 1))  # one core: no loader process beside the model, one decoder, one ORT thread
+    assert default_workers(torch.device("cpu")) == min(2, len(allowed) - 1)
+
+
+def test_macro_metrics_are_fastais_without_sklearns_warning():
+    import warnings
+
+    import torch
+    from fastai.metrics import Precision, Recall
+
+    from training.learner import macro
+
+    preds, targets = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2, 1, 2])  # class 2 is never predicted
+    for ours, theirs in ((macro("precision_score"), Precision(average="macro")),
+                         (macro("recall_score"), Recall(average="macro"))):
+        for metric in (ours, theirs):
+            metric.reset()
+            metric.accum_values(preds, targets, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # train.log stays free of "Precision is ill-defined"
+            value = ours.value
+        assert (ours.name, value) == (theirs.name, pytest.approx(theirs.value))

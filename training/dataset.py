@@ -21,6 +21,7 @@ from PIL import Image
 from models.atomic import atomic_write, fsync_dir
 from models.datafiles import (IMAGE_SUFFIXES, MANIFEST, file_sha256, image_files, jpeg_bytes, label_of, presized,
                               read_manifest)
+from models.device import usable_cpus
 from models.errors import ImageRejected, KimchiError
 from models.labels import is_known, nfc
 from models.preprocess import ImageLimits, decode_rgb
@@ -254,7 +255,7 @@ def import_dataset(src: Path, dest: Path, per_class: int | None = None, crop: bo
         raise KimchiError(f"None of the folders in {src} is a kimchi class ({', '.join(summary.unknown_classes[:5])}…).")
     dest.mkdir(parents=True, exist_ok=True)
     known = {row["sha256"]: row for row in read_manifest(dest)}
-    workers = workers or max(1, os.cpu_count() or 1)
+    workers = workers or usable_cpus()
     with open(dest / MANIFEST, "a", encoding="utf-8") as manifest, \
             cf.ThreadPoolExecutor(max(2, workers)) as hasher, \
             cf.ProcessPoolExecutor(workers) as pool:

@@ -5,7 +5,6 @@ imports another for these pieces.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from fastai.callback.progress import ProgressCallback
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.transforms import Normalize, RandomSplitter
 from fastai.learner import Learner
-from fastai.metrics import Precision, Recall, accuracy, error_rate
+from fastai.metrics import accuracy, error_rate, skm_to_fastai
 from fastai.vision.augment import Resize, aug_transforms
 from fastai.vision.data import ImageBlock
 from fastai.vision.learner import default_split, vision_learner
@@ -23,7 +22,7 @@ from torch import nn
 
 from models.archs import get_spec, imagenet_backbone
 from models.datafiles import image_files, label_of
-from models.device import resolve_device
+from models.device import resolve_device, usable_cpus
 from models.errors import KimchiError
 from training.config import Recipe
 
@@ -73,7 +72,7 @@ def train_device(recipe: Recipe) -> torch.device:
 
 
 def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     # On a small CPU box, loader processes only compete with the model for the same cores.
     return min(16, cpus) if device.type == "cuda" else min(2, max(0, cpus - 1))
 
@@ -90,13 +89,21 @@ def build_dls(data_dir: Path, recipe: Recipe):
 # ---------------------------------------------------------------------------------------------
 # learner
 
+def macro(name: str):
+    """fastai's Recall/Precision(average="macro") (same function, name and value), minus sklearn's warning each
+    time a class has no predictions or no photos in a small validation set: such a class counts 0, as it did."""
+    from sklearn import metrics as skm
+
+    return skm_to_fastai(getattr(skm, name), average="macro", zero_division=0)
+
+
 def build_learner(dls, recipe: Recipe) -> Learner:
     """vision_learner with the recipe's metrics, fastai's head, and the arch's own cut and split."""
     spec = get_spec(recipe.arch)
     learn = vision_learner(
         dls, Backbone(recipe.arch, recipe.weights), pretrained=recipe.pretrained, normalize=False,
         cut=spec.cut, splitter=resnet_split if spec.body_split == 6 else default_split,
-        metrics=[accuracy, error_rate, Recall(average="macro"), Precision(average="macro")],
+        metrics=[accuracy, error_rate, macro("recall_score"), macro("precision_score")],
     )
     use_amp = resolve_amp(recipe, dls.device)
     if use_amp:
