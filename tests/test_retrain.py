@@ -2,6 +2,7 @@
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -76,8 +77,9 @@ async def test_retrain_promotes_a_better_model_and_serves_it_live(world, fake):
         during = await fake.send_photo(people[0], photo(1, 999))
         answered_during = await fake.reply_to(during, timeout=60)
         running_then = rows(world.home, "SELECT status FROM retrain_runs")[0]["status"]
-        await fake.send_text(admin, "/retrain status")
-        await fake.wait_for(lambda c: c.method == "sendMessage" and "Retrain #1" in c.params.get("text", ""))
+        await fake.send_text(admin, "/retrain status")  # its own reply, not the refusal above that also names #1
+        status = (await fake.wait_for(lambda c: c.method == "sendMessage"
+                                      and c.params.get("text", "").startswith("Retrain #1: ")))[0]
         decision = (await fake.wait_for(lambda c: c.method == "sendMessage" and (
             "Promoted" in c.params.get("text", "") or "did not promote" in c.params.get("text", "")), timeout=240))[0]
         after = await fake.send_photo(people[1], photo(2, 1000))
@@ -86,6 +88,7 @@ async def test_retrain_promotes_a_better_model_and_serves_it_live(world, fake):
     assert "Audit: audited 124 images" in counts  # the real `kimchi-train audit` ran on base + accepted labels
     assert running_then == "running" and "%" in answered_during.params["text"]
     assert "one at a time" in refused.params["text"]
+    assert re.fullmatch(r"Retrain #1: (starting|epoch \d+/\d+) \(\d+ s\)", status.params["text"]), status.params["text"]
     edits = [c for c in fake.calls[mark:] if c.method == "editMessageText" and "epoch" in c.params.get("text", "")]
     assert edits and "▓" in edits[-1].params["text"] and "accuracy" in edits[-1].params["text"]
     table = next(c for c in fake.calls[mark:] if c.method == "sendMessage" and "<pre>" in c.params.get("text", ""))

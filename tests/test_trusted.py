@@ -112,6 +112,7 @@ async def test_a_blocked_user_is_answered_but_not_used_and_trust_makes_labels_co
         await fake.tap(dave, answer, f"set:{msg['message_id']}:4")
         await fake.wait_for(lambda c: c.method == "editMessageText")
         await fake.send_text(admin, "/unblock 4006")
+        await fake.wait_for(lambda c: "is no longer blocked" in c.params.get("text", ""))
         await fake.send_text(admin, "/trust 4006")
         await fake.wait_for(lambda c: "is trusted" in c.params.get("text", ""))
         msg, answer, _ = await photo_and_answer(fake, dave, photo_bytes(0, 301))

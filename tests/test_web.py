@@ -67,6 +67,18 @@ def update_json(uid: int, text: str, update_id: int) -> dict:
         "from": user(uid, "en"), "entities": [{"type": "bot_command", "offset": 0, "length": len(text)}]}}
 
 
+async def metrics_when(base: str, ready, timeout: float = 10.0) -> str:
+    """/metrics once `ready(text)` holds: an update's last handler group and the engine's batch hook run after
+    the reply, so a fixed sleep would race them on a loaded box."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        text = (await http("GET", f"{base}/metrics"))[1].decode()
+        if ready(text):
+            return text
+        assert asyncio.get_running_loop().time() < deadline, "the metrics never caught up with the update"
+        await asyncio.sleep(0.02)
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text (0 when absent)."""
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -116,12 +128,10 @@ async def test_webhook_checks_the_secret_size_and_json_before_any_handler(home, 
         sent = await fake.send_text(friend, "/start")  # Telegram's own post, with the secret
         answer = (await fake.wait_for(lambda c: c.method == "sendMessage"
                                       and int(c.params["chat_id"]) == sent["chat"]["id"]))[0]
-        await asyncio.sleep(0.3)
-        status, body = await http("GET", f"{base}/metrics")
+        text = await metrics_when(base, lambda t: metric(t, "kimchi_updates_total") >= 1)
     assert fake.deliveries == [200]
     assert answer.params["text"]
     assert not fake.sent(stranger["id"])  # nothing refused reached a handler
-    text = body.decode()
     assert metric(text, "kimchi_webhook_requests_total", status="403") == 3
     assert metric(text, "kimchi_webhook_requests_total", status="413") == 2
     assert metric(text, "kimchi_webhook_requests_total", status="400") == 3
@@ -142,8 +152,9 @@ async def test_healthz_and_metrics_in_polling_mode(trained_copy, fake):
 
         reply = await fake.reply_to(await fake.send_photo(amy, photo))
         assert PERCENT.search(reply.params["text"])
-        await asyncio.sleep(0.3)  # the update's last handler group runs after the reply
-        after = (await http("GET", f"{base}/metrics"))[1].decode()
+        after = await metrics_when(base, lambda t: metric(t, "kimchi_updates_total") > metric(before, "kimchi_updates_total")
+                                   and metric(t, "kimchi_engine_batch_size_count") >= 1
+                                   and metric(t, "kimchi_photo_reply_seconds_count") >= 1)
         health = json.loads((await http("GET", f"{base}/healthz"))[1])
         assert health["seconds_since_last_update"] is not None and health["seconds_since_last_update"] < 30
 
