@@ -8,7 +8,7 @@ posts them to the bot's webhook concurrently, as Telegram does, first with one c
 with at most `max_connections` (40, Telegram's default) connections. Time runs from the moment an update
 is queued or its POST starts to the moment the bot's sendMessage for that user reaches the fake.
 
-Both modes send through PTB's AIORateLimiter (about 30 messages a second overall, Telegram's limit), so
+Both modes send through the bot's rate limiter (bot/sendrate.py: about 30 messages a second overall, Telegram's limit), so
 the tail of a 200-message burst measures that limiter as much as the bot; `intake` shows how quickly each
 mode took the updates in (webhook: the POST's answer; polling: not observable from outside, left out).
 """

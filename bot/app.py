@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 from telegram import BotCommand, Update
-from telegram.ext import (AIORateLimiter, Application, ApplicationBuilder, CallbackQueryHandler, CommandHandler,
+from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler, CommandHandler,
                           MessageHandler, TypeHandler, filters)
 
 from bot import admin, corrections, handlers, review
 from bot.botapi import bot_api_request
 from bot.gate import gate
 from bot.metrics import install as install_metrics
+from bot.sendrate import FairRateLimiter
 from bot.serving import Serving
 from bot.services import RateLimiter, Services
 from bot.settings import Settings
@@ -73,7 +74,7 @@ def build_application(settings: Settings) -> Application:
            .base_url(settings.base_url)
            .base_file_url(settings.file_url)
            .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
-           .rate_limiter(AIORateLimiter(max_retries=2))
+           .rate_limiter(FairRateLimiter(max_retries=2))  # Telegram's 30/s, in turns by chat
            .concurrent_updates(256)
            .request(bot_api_request(settings.http_client, connection_pool_size=64, pool_timeout=30))
            .get_updates_request(bot_api_request(settings.http_client))

@@ -107,3 +107,23 @@ async def test_the_client_is_a_setting(fake, home):
         assert [c.method for c in fake.calls[calls:]] == ["getMe"]
     with pytest.raises(KimchiError, match="KIMCHI_HTTP_CLIENT"):
         Settings.load(environ=bot_env(home, fake, KIMCHI_HTTP_CLIENT="requests"), env_file=None)
+
+
+async def test_the_overall_budget_goes_by_turns_and_a_call_given_up_passes_its_turn_on(fake):
+    from telegram.ext import ExtBot
+
+    from bot.sendrate import FairRateLimiter
+
+    limiter = FairRateLimiter(overall_max_rate=1, overall_time_period=0.3)
+    bot = ExtBot(TOKEN, base_url=fake.base_url, request=AiohttpRequest(connection_pool_size=4), rate_limiter=limiter)
+    async with bot:
+        await bot.send_message(1, "a")  # the bucket's one call
+        b = asyncio.create_task(bot.send_message(1, "b"))
+        c = asyncio.create_task(bot.send_message(1, "c"))
+        d = asyncio.create_task(bot.send_message(2, "d"))
+        await asyncio.sleep(0.05)
+        b.cancel()  # its chat's next call takes its place in the ring; d, the other chat, comes first
+        await asyncio.gather(c, d)
+        with pytest.raises(asyncio.CancelledError):
+            await b
+    assert [c.params["text"] for c in fake.calls if c.method == "sendMessage"] == ["a", "d", "c"]

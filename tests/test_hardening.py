@@ -111,6 +111,21 @@ async def test_a_flood_of_taps_is_budgeted_and_another_users_correction_goes_thr
     assert len(slowed) >= 30  # 10 actions a minute: the rest were turned away before any work
 
 
+async def test_one_chats_backlog_does_not_hold_up_another_chats_answer(trained_copy, fake):
+    """Telegram's ~30 messages a second are handed out by turns between chats, not first come first served."""
+    flooder, bystander = user(3020, "en"), user(3021, "en")
+    async with running_bot(trained_copy.home, fake, KIMCHI_ACTION_RATE_LIMIT="0"):
+        for _ in range(70):
+            await fake.send_text(flooder, "/start")
+        await fake.send_text(bystander, "/start")  # after all of them
+        await fake.wait_for(lambda c: c.method == "sendMessage" and int(c.params["chat_id"]) == flooder["id"],
+                            count=70, timeout=30)
+    order = [int(c.params["chat_id"]) for c in fake.calls if c.method == "sendMessage"]
+    assert order.count(bystander["id"]) == 1
+    # the bucket lets ~30 through at once; after that the bystander's turn comes next, not after the other 40
+    assert order.index(bystander["id"]) <= 35, order.index(bystander["id"])
+
+
 async def test_promoting_a_damaged_version_moves_nothing_and_the_bot_can_restart(trained_copy, fake, tmp_path):
     registry = trained_copy.registry
     broken = publish_relabelled(registry, "v1")
