@@ -5,6 +5,8 @@ and quote medians.
 """
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import json
 import os
@@ -139,5 +141,5 @@ async def bot_process(home, fake, ready_timeout: float = 180, **extra: str):
         yield process
     finally:
         process.terminate()
-        process.wait(120)
+        await asyncio.to_thread(process.wait, 120)  # the fake answers the bot's last calls meanwhile
         await fake.stop()
