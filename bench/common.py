@@ -5,8 +5,6 @@ and quote medians.
 """
 from __future__ import annotations
 
-import asyncio
-
 import contextlib
 import json
 import os
@@ -133,13 +131,12 @@ def whole_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[fl
 async def bot_process(home, fake, ready_timeout: float = 180, **extra: str):
     """`python -m bot.app` against `fake` (tests.botkit.spawn_bot), yielded once it has set its command
     menu; terminated, and the fake stopped, on the way out."""
-    from tests.botkit import spawn_bot
+    from tests.botkit import spawn_bot, stop_bot
 
     process = spawn_bot(home, fake, home.root, **extra)
     try:
         await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=ready_timeout)
         yield process
     finally:
-        process.terminate()
-        await asyncio.to_thread(process.wait, 120)  # the fake answers the bot's last calls meanwhile
+        await stop_bot(process, 120)
         await fake.stop()

@@ -1,6 +1,7 @@
 """Running the real bot against the fake Bot API, in-process or as a `kimchi-bot` subprocess."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -59,6 +60,13 @@ def spawn_bot(home: Home, fake: FakeTelegram, cwd: Path, **extra: str) -> subpro
     output = open(Path(cwd) / "bot.out", "w")
     return subprocess.Popen([sys.executable, "-m", "bot.app"], cwd=cwd, env=env, stdout=output,
                             stderr=subprocess.STDOUT, text=True)
+
+
+async def stop_bot(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM and the exit status, waiting in a thread: the fake Bot API runs on this loop and must go on
+    answering the bot's last calls (a blocked loop cost each stop PTB's 5 s read timeout)."""
+    process.terminate()
+    return await asyncio.to_thread(process.wait, timeout)
 
 
 def rows(home: Home, sql: str, args: tuple = ()) -> list[sqlite3.Row]:

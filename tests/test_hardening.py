@@ -9,7 +9,7 @@ import time
 
 from bot.app import main as bot_main
 from models.artifact import WEIGHTS
-from tests.botkit import ADMIN, ROOT, TOKEN, bot_env, rows, running_bot, spawn_bot
+from tests.botkit import ADMIN, ROOT, TOKEN, bot_env, rows, running_bot, spawn_bot, stop_bot
 from tests.imagegen import draw, encode
 from tests.modelkit import publish_relabelled
 from tests.telegram_fake import user
@@ -202,8 +202,7 @@ async def test_the_token_is_in_no_log_file_after_a_failed_download(trained_copy,
         sent = await fake.send_photo(user(3010, "en"), photo_bytes(0, 10))
         await fake.reply_to(sent, timeout=30)
     finally:
-        process.terminate()
-        await asyncio.to_thread(process.wait, 30)  # not process.wait: the fake must go on answering its last calls
+        await stop_bot(process)
     logs = list(trained_copy.home.logs.glob("*")) + [tmp_path / "bot.out"]
     assert any("download of" in p.read_text(errors="replace") for p in logs)
     secret = TOKEN.split(":", 1)[1]
