@@ -5,10 +5,14 @@
 
 The split is each image's side of the bot's frozen holdout (`train` or `holdout`): the side recorded by a
 retrain, or, for an image no retrain has seen yet, the same keyed rule the bot will apply.
+
+Every image is a copy (a reflink, sharing blocks copy-on-write, where the filesystem can), never a hard link:
+the export is handed to other tools and people, and editing it in place must not edit the bot's photos.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import shutil
 from dataclasses import dataclass
@@ -17,11 +21,25 @@ from pathlib import Path
 from models.corpus import STATUSES, read_labels, read_splits
 from models.errors import KimchiError
 from models.home import Home, holdout_key
-from models.trainset import base_items, holdout_side, link_into
+from models.trainset import base_items, holdout_side
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("file_name", "label", "split", "source", "sha256", "status")
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409)  # Linux's ioctl (linux/fs.h); in fcntl from Python 3.12
+
+
+def copy_into(target: Path, source: Path) -> None:
+    """`source`'s bytes in a new file `target`: a reflink where the filesystem shares blocks copy-on-write
+    (btrfs, XFS), else a plain copy. Either way a separate file: writing to one never changes the other."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:  # another filesystem, or one without reflinks (ext4, tmpfs)
+            pass
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,7 @@ def export_dataset(home: Home, out: Path, statuses: tuple[str, ...] = ("accepted
             if not row.path.is_file():
                 log.warning("%s is missing; left out of the export", row.path)
                 continue
-            link_into(out / name, row.path)
+            copy_into(out / name, row.path)
             writer.writerow((name, row.label, split, row.source, row.sha256, row.status))
             counts[split] = counts.get(split, 0) + 1
     if as_zip:
