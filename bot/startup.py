@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # being cut off, and Telegram then answers our probe 409. No offset is sent, so nothing is confirmed.
 CONFLICT_PROBE_S = 2
 CONFLICT_LOG_INTERVAL_S = 60.0
+FILE_LIMIT_TARGET = 65536  # the soft RLIMIT_NOFILE kimchi-bot asks for (up to the hard limit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ async def check_bot_api(bot: Bot, settings: Settings, *, polling: bool, probe_s:
         raise
     except TelegramError as err:
         await bot.shutdown()
-        raise KimchiError(_redact(explain(err, settings), settings.token)) from err
+        raise KimchiError(_redact(explain(err, settings), settings)) from err
 
 
 async def check_only(settings: Settings) -> User:
@@ -147,8 +148,11 @@ def reason(err: BaseException) -> str:
     return first[:80]
 
 
-def _redact(text: str, token: str) -> str:
-    return text.replace(token, "<token>") if token else text
+def _redact(text: str, settings: Settings) -> str:
+    """The sentence without the token or the webhook secret (it goes to stderr, past the log's redaction)."""
+    for secret, name in ((settings.token, "<token>"), (settings.webhook_secret, "<secret>")):
+        text = text.replace(secret, name) if secret else text
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ async def set_webhook(app: Application, settings: Settings) -> None:
                                   drop_pending_updates=settings.drop_pending_updates)
     except TelegramError as err:
         raise KimchiError(_redact(f"Telegram refused the webhook {settings.webhook_url}: {err.message.rstrip('.')}.",
-                                  settings.token)) from err
+                                  settings)) from err
     log.info("webhook set: %s (max_connections %d)", settings.webhook_url, settings.webhook_max_connections)
 
 
@@ -261,8 +265,28 @@ def _bind_metrics(app: Application) -> None:
         metrics.bind(svc.classifier)
 
 
+def raise_file_limit(target: int = FILE_LIMIT_TARGET) -> None:
+    """The soft RLIMIT_NOFILE up to the hard one (at most `target`): systemd and many shells start programs with
+    1024, which the HTTP server's connections, the Bot API's and the bot's files share (bot.web caps the
+    server's connections under whatever limit there is)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError) as err:
+            log.debug("the file limit stays at %d (%s)", soft, err)
+        else:
+            log.debug("file limit raised from %d to %d", soft, wanted)
+
+
 def run(app: Application, settings: Settings) -> int:
     """`kimchi-bot`'s exit status: 0 after a clean stop, 2 with one sentence when it cannot start."""
+    raise_file_limit()
     try:
         asyncio.run(serve(app, settings))
     except KimchiError as err:
