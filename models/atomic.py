@@ -9,7 +9,13 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temp file, fsynced, then renamed: a crash leaves old or new."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    # owner-only whatever the umask (the rename keeps the mode): these files live under KIMCHI_HOME
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a stale temp file of an earlier process with this pid keeps its mode otherwise
+    except OSError:  # a file system without modes
+        pass
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

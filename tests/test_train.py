@@ -77,8 +77,12 @@ def test_models_promote_and_rollback_commands(trained_copy, capsys):
     from training.convert import import_fastai_export
 
     reg = trained_copy.registry
-    version, _ = import_fastai_export(reg.path("v1") / LEARNER, reg)
+    version, _ = import_fastai_export(reg.path("v1") / LEARNER, reg)  # unpickled in a child process
     assert version == "v2" and read_meta(reg.path("v2")).arch == "efficientnet_lite0"
+    assert sorted(p.name for p in reg.path("v2").iterdir()) == sorted([META, WEIGHTS])  # no pickle unless asked
+    from safetensors.torch import load_file
+    before, after = load_file(reg.path("v1") / WEIGHTS), load_file(reg.path("v2") / WEIGHTS)
+    assert before.keys() == after.keys() and all(before[k].equal(after[k]) for k in before)
     assert main(["models"]) == 0
     listing = capsys.readouterr().out
     assert "* v1" in listing and "  v2" in listing

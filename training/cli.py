@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from models.errors import KimchiError
-from models.home import Home
+from models.home import Home, private_umask
 from models.logs import setup_logging
 from models.protocol import ErrorEvent, Stage, StageEvent
 from models.registry import Registry
@@ -259,10 +259,19 @@ def cmd_export_dataset(args: argparse.Namespace, home: Home) -> int:
 def cmd_import_model(args: argparse.Namespace, home: Home) -> int:
     from training.convert import import_fastai_export
 
+    pkl = Path(args.file).expanduser()
+    if not pkl.is_file():
+        raise KimchiError(f"{pkl} does not exist.")
+    if not args.trust_pickle:
+        raise KimchiError(f"{pkl.name} was not loaded: a .pkl file is a pickle, and loading a pickle runs whatever "
+                          f"code its author put in it, as you; if you trust where it came from, run this again "
+                          f"with --trust-pickle.")
     home.ensure()
-    print("warning: a .pkl file is a pickle, which runs code when it is loaded; import only files you trust. "
-          "The result is stored in the safe format (safetensors + meta.json).", file=sys.stderr)
-    version, path = import_fastai_export(Path(args.file).expanduser(), registry_for(args, home))
+    kept = "the pickle is kept as learner.pkl beside it" if args.keep_pickle else "the pickle is not kept"
+    print(f"warning: loading {pkl.name}, a pickle, runs the code in it; this happens in a separate process whose "
+          f"environment holds no token or KIMCHI_ setting. The result is stored in the safe format "
+          f"(safetensors + meta.json); {kept}.", file=sys.stderr)
+    version, path = import_fastai_export(pkl, registry_for(args, home), keep_pickle=args.keep_pickle)
     print(f"imported as {version}")
     print(path)
     return 0
@@ -412,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import-model", help="convert a fastai learn.export() .pkl to the safe format")
     p.add_argument("file")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="required: loading a pickle runs the code in it (done in a process without the token "
+                        "or any KIMCHI_ setting in its environment)")
+    p.add_argument("--keep-pickle", action="store_true",
+                   help="also keep the file as the version's learner.pkl (default: only safetensors + meta.json)")
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_import_model)
 
@@ -452,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    umask = private_umask()  # KIMCHI_HOME and all in it owner-only, whatever umask we were started with
+    try:
+        return _main(argv)
+    finally:
+        os.umask(umask)  # for callers that run main() in-process (tests)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` runs it again under accelerate
