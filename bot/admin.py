@@ -12,7 +12,7 @@ from telegram.ext import Application, ContextTypes
 
 from bot.services import Services, admin_only, lang_of, sender_id, services
 from bot.supervisor import Outcome, RetrainRefused, Refusal, Run, RunStatus
-from bot.reports import (REFUSAL_KEYS, bar, decision_text, failure_text, report_table, run_reason,
+from bot.reports import (REFUSAL_KEYS, bar, decision_text, failure_text, left_out_text, report_table, run_reason,
                          run_status)
 from bot.texts import number, percent, say
 from models.errors import KimchiError
@@ -65,7 +65,8 @@ class TelegramNotifier:
         try:
             if result is not None and outcome.decision is not None:
                 tset = run.training_set
-                table = report_table(result, sum(tset.train_counts.values()), tset.corrections, outcome.duration_s, lang)
+                table = report_table(result, sum(tset.train_counts.values()), tset.corrections, outcome.duration_s,
+                                     lang, tset.left_out)
                 await bot.send_message(run.chat_id, f"<pre>{html.escape(table)}</pre>", parse_mode="HTML")
                 if result.confusion_png and Path(result.confusion_png).is_file():
                     with open(result.confusion_png, "rb") as fh:
@@ -112,6 +113,9 @@ def counts_text(run: Run, lang: str) -> str:
                holdout=sum(tset.holdout_counts.values()), corrections=tset.corrections, disputes=tset.disputes,
                held_back=tset.held_back, accepted=labels.get("accepted", 0), pending=labels.get("pending", 0),
                rejected=labels.get("rejected", 0), moved=tset.moved)
+    left_out = left_out_text(tset.left_out, tset.min_per_class, run.forgets, lang)
+    if left_out:
+        text += "\n" + left_out
     if run.audit is None:
         return text + "\n" + say("retrain_no_audit", lang)
     return text + "\n" + say("retrain_audit_counts", lang, flagged=run.flagged_corrections, base=flagged_base,

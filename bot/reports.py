@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 
 from bot.texts import number, percent, say
-from models.promotion import Check, Decision, Finding
+from models.promotion import NOTES, Check, Decision, Finding
 from models.protocol import TrainResult
+from models.trainset import left_out_detail
 
 FINDING_KEYS = {Check.NO_BASELINE: "finding_no_baseline", Check.EMPTY_HOLDOUT: "finding_empty_holdout",
                 Check.MACRO_F1: "finding_macro_f1", Check.CORRECTIONS: "finding_corrections",
-                Check.CLASS_F1: "finding_class_f1"}
+                Check.CLASS_F1: "finding_class_f1", Check.PAIRED: "finding_paired",
+                Check.SMALL_HOLDOUT: "finding_small_holdout"}
 FAILURE_KEYS = {"trainer_error": "failure_trainer_error", "signal": "failure_signal",
                 "exit_status": "failure_exit_status", "no_result": "failure_no_result", "timeout": "failure_timeout",
                 "load_failed": "failure_load_failed", "internal": "failure_internal",
@@ -20,23 +22,40 @@ FAILURE_KEYS = {"trainer_error": "failure_trainer_error", "signal": "failure_sig
 RUN_STATUS_KEYS = {"running": "run_status_running", "promoted": "run_status_promoted",
                    "rejected": "run_status_rejected", "cancelled": "run_status_cancelled",
                    "failed": "run_status_failed", "refused": "run_status_refused"}
-REFUSAL_KEYS = {"too_few_classes": "retrain_too_few_classes", "too_few_images": "retrain_too_few"}
+REFUSAL_KEYS = {"too_few_classes": "retrain_too_few_classes", "too_few_images": "retrain_too_few",
+                "too_few_trainable": "retrain_too_few_trainable"}
 
 
 def finding_text(f: Finding, lang: str) -> str:
-    as_pct = f.check is Check.CORRECTIONS
-    fmt = (lambda x: percent(x, 1)) if as_pct else number
+    if f.check is Check.PAIRED:  # image counts and a p-value, not scores
+        fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
+    elif f.check is Check.CORRECTIONS:
+        fmt = lambda x: percent(x, 1)  # noqa: E731
+    else:
+        fmt = number
     return say(FINDING_KEYS[f.check], lang, candidate=fmt(f.candidate), current=fmt(f.current),
-               limit=f"{f.limit:g}", n=f.n, label=f.label or "")
+               limit=f"{f.limit:g}", n=f.n, label=f.label or "", p=number(f.p))
 
 
 def decision_text(decision: Decision, lang: str) -> str:
-    """Why the rule promoted or kept: the failed checks when it kept, every check when it promoted."""
+    """Why the rule promoted or kept: the failed checks when it kept, every check when it promoted; notes
+    (a small holdout) always, after them."""
     if decision.findings and decision.findings[0].check in (Check.NO_BASELINE, Check.EMPTY_HOLDOUT):
         return finding_text(decision.findings[0], lang)
-    shown = decision.failed or decision.findings
-    findings = "; ".join(finding_text(f, lang) for f in shown)
+    notes = [f for f in decision.findings if f.check in NOTES]
+    shown = decision.failed or [f for f in decision.findings if f.check not in NOTES]
+    findings = "; ".join(finding_text(f, lang) for f in (*shown, *notes))
     return say("decision_no_worse" if decision.promote else "decision_worse", lang, findings=findings)
+
+
+def left_out_text(left_out: dict[str, int], minimum: int, forgets: tuple[str, ...] | list[str], lang: str) -> str:
+    """Which classes a run left out and why, and which of them the serving model knows; '' when none."""
+    if not left_out:
+        return ""
+    text = say("retrain_left_out", lang, minimum=minimum, detail=left_out_detail(left_out))
+    if forgets:
+        text += "\n" + say("retrain_left_out_known", lang, classes=", ".join(forgets))
+    return text
 
 
 def failure_text(code: str, detail: str, lang: str) -> str:
@@ -65,8 +84,10 @@ def run_status(status: str, lang: str) -> str:
     return say(key, lang) if key else status
 
 
-def report_table(result: TrainResult, total: int, corrections: int, duration: float, lang: str) -> str:
-    """Old against new, monospace: overall figures, per-class F1 with deltas, data and time."""
+def report_table(result: TrainResult, total: int, corrections: int, duration: float, lang: str,
+                 left_out: dict[str, int] | None = None) -> str:
+    """Old against new, monospace: overall figures, per-class F1 with deltas, data (and the classes left
+    out) and time."""
     candidate, current = result.candidate, result.current
 
     def row(name: str, new: float | None, old: float | None) -> str:
@@ -88,6 +109,7 @@ def report_table(result: TrainResult, total: int, corrections: int, duration: fl
         lines.append(row(f" {label}", candidate.per_class_f1[label], current.per_class_f1.get(label) if current else None))
     lines += [say("report_holdout", lang, n=candidate.n),
               say("report_training", lang, total=total, corrections=corrections),
+              *([say("report_left_out", lang, detail=left_out_detail(left_out))] if left_out else []),
               say("report_time", lang, epoch=result.kept_epoch or "-", train=f"{result.train_time_s:.0f}",
                   whole=f"{duration:.0f}")]
     return "\n".join(lines)

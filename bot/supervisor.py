@@ -6,7 +6,9 @@ through a `Notifier` (bot.admin gives the Telegram one; tests give a list). One 
     prepare   base + accepted labels (models.corpus), refused at once when there is nothing to learn
     audit     `kimchi-train audit` on them with the serving model: a flagged label from a non-admin goes
               back to pending and sits this run out; near-duplicates are grouped for the holdout
-    split     models.trainset: one side per photo (and per near-duplicate group), frozen
+    split     models.trainset: one side per photo (and per near-duplicate group), frozen; a class with fewer
+              training images than KIMCHI_RETRAIN_MIN_PER_CLASS is left out (the admin is told), and the
+              run is refused only when fewer than two classes remain
     train     `kimchi-train train … --progress json --holdout`, relayed epoch by epoch
     conclude  scored against the model serving *now*, decided by models.promotion, loaded, then pointed at
 
@@ -38,7 +40,7 @@ from models.holdout import read_holdout, score
 from models.home import holdout_key
 from models.promotion import Decision, decide
 from models.protocol import AuditedEvent, EpochEvent, ErrorEvent, Event, Stage, StageEvent, TrainResult
-from models.trainset import Collected, TrainingSet, build_training_set, collect_items
+from models.trainset import Collected, TrainingSet, build_training_set, collect_items, left_out_detail
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ class Failure(str, Enum):
 class Refusal(str, Enum):
     RUNNING = "running"
     TOO_FEW_CLASSES = "too_few_classes"
-    TOO_FEW_IMAGES = "too_few_images"
+    TOO_FEW_TRAINABLE = "too_few_trainable"  # fewer than two classes left once those under the minimum are out
+    TOO_FEW_IMAGES = "too_few_images"  # no longer raised (a short class is left out); old runs' reasons name it
 
 
 class RetrainRefused(KimchiError):
@@ -93,6 +96,7 @@ class Run:
     audit: AuditedEvent | None = None
     flagged_corrections: int = 0
     labels: dict[str, int] = field(default_factory=dict)  # accepted / pending / rejected, after the audit
+    forgets: tuple[str, ...] = ()  # left-out classes that the model serving at the split knows
     progress_message_id: int | None = None
     epoch: EpochEvent | None = None
     cancelled: bool = False
@@ -232,8 +236,9 @@ class RetrainSupervisor:
         groups = run.audit.groups if run.audit else []
         run.training_set = await asyncio.to_thread(
             build_training_set, run.folder, run.collected, await self.store.splits(),
-            self.settings.holdout_pct, holdout_key(self.settings.home), groups)
+            self.settings.holdout_pct, holdout_key(self.settings.home), groups, self.settings.retrain_min_per_class)
         await self.store.add_splits(run.training_set.new_splits)
+        run.forgets = self._forgets(run.training_set)
         try:
             self._check_counts(run.training_set)
         except RetrainRefused as refusal:
@@ -273,19 +278,35 @@ class RetrainSupervisor:
             run.collected.corrections -= 1
 
     def _check_counts(self, tset: TrainingSet) -> None:
-        minimum = self.settings.retrain_min_per_class
-        short = {label: n for label, n in tset.train_counts.items() if n < minimum}
-        if short:
-            raise RetrainRefused(Refusal.TOO_FEW_IMAGES, minimum=minimum,
-                                 detail=", ".join(f"{label} {n}" for label, n in sorted(short.items())))
-        if len(tset.train_counts) < 2:
-            raise RetrainRefused(Refusal.TOO_FEW_CLASSES, n=len(tset.train_counts))
+        """A class under the minimum is already left out (models.trainset); refused only when fewer than two
+        classes remain to train on. A handful of labels of a new class cannot stop every retrain."""
+        if len(tset.train_counts) >= 2:
+            return
+        if tset.left_out:
+            raise RetrainRefused(Refusal.TOO_FEW_TRAINABLE, n=len(tset.train_counts), minimum=tset.min_per_class,
+                                 detail=left_out_detail(tset.left_out))
+        raise RetrainRefused(Refusal.TOO_FEW_CLASSES, n=len(tset.train_counts))
+
+    def _forgets(self, tset: TrainingSet) -> tuple[str, ...]:
+        """Left-out classes the serving model can name: promoting the candidate would make the bot forget them.
+        Their holdout photos are not scored (for either model), so the comparison cannot show it: the admin
+        is told instead."""
+        version = self.serving.version
+        if not tset.left_out or version is None:
+            return ()
+        try:
+            vocab = set(self.serving.registry.meta(version).vocab)
+        except (KimchiError, OSError, ValueError):
+            log.warning("could not read the classes of %s", version, exc_info=True)
+            return ()
+        return tuple(sorted(set(tset.left_out) & vocab))
 
     def _counts(self, run: Run) -> dict:
         tset = run.training_set
         audit = run.audit
         return {"train": tset.train_counts, "holdout": tset.holdout_counts, "corrections": tset.corrections,
                 "disputes": tset.disputes, "held_back": tset.held_back, "moved": tset.moved, "labels": run.labels,
+                "left_out": tset.left_out, "min_per_class": tset.min_per_class, "forgets": list(run.forgets),
                 "flagged_corrections": run.flagged_corrections,
                 "flagged_base": sum(1 for sha in (audit.flagged if audit else {})
                                     if run.collected.items.get(sha) and run.collected.items[sha].source == "base")}

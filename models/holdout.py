@@ -1,4 +1,7 @@
-"""Scoring a version on the frozen holdout (a JSON-lines file of {path, label, source}) with the engine.
+"""Scoring a version on the frozen holdout (a JSON-lines file of {path, label, source, sha256}) with the engine.
+
+Besides the figures, the score keeps each image's result (right or wrong, keyed by sha256): two versions
+scored on the same file can then be compared image by image (models.promotion's paired test).
 
 Used by the trainer, which scores the candidate and the serving model after training, and by the bot,
 which scores the serving model again when it changed while a retrain ran.
@@ -51,5 +54,6 @@ def score(registry: Registry, version: str, rows: list[dict[str, Any]], device: 
         per_class_f1={c: summary["per_class"][c]["f1"] for c in classes},
         corrections_n=len(corrections),
         corrections_accuracy=float(np.mean([preds[i] == labels[i] for i in corrections])) if corrections else None,
-        per_class_n={c: labels.count(c) for c in classes})
+        per_class_n={c: labels.count(c) for c in classes},
+        correct={str(r.get("sha256") or r["path"]): preds[i] == labels[i] for i, r in enumerate(rows)})
     return result, np.asarray(summary["confusion"]), vocab

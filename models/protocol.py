@@ -38,7 +38,10 @@ class Stage(str, Enum):
 
 @dataclass(frozen=True)
 class HoldoutScore:
-    """One model on the frozen holdout: overall figures, per-class F1 and accuracy on held-out corrections."""
+    """One model on the frozen holdout: overall figures, per-class F1, accuracy on held-out corrections, and
+    per image (keyed by sha256, or the path for a holdout row without one) whether the model named it right:
+    what the paired test of models.promotion compares. `correct` is empty in lines from a trainer that
+    predates it; they still parse, and the rule then falls back to the figures."""
 
     version: str
     n: int
@@ -50,6 +53,7 @@ class HoldoutScore:
     corrections_n: int = 0
     corrections_accuracy: float | None = None
     per_class_n: dict[str, int] = field(default_factory=dict)
+    correct: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HoldoutScore":
@@ -60,7 +64,8 @@ class HoldoutScore:
                        per_class_f1={str(k): float(v) for k, v in data["per_class_f1"].items()},
                        corrections_n=int(data.get("corrections_n") or 0),
                        corrections_accuracy=_optional_float(data.get("corrections_accuracy")),
-                       per_class_n={str(k): int(v) for k, v in (data.get("per_class_n") or {}).items()})
+                       per_class_n={str(k): int(v) for k, v in (data.get("per_class_n") or {}).items()},
+                       correct={str(k): _flag(v) for k, v in (data.get("correct") or {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ProtocolError(f"a holdout score is incomplete or malformed ({err!r}).") from err
 
@@ -219,6 +224,12 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"a per-image result must be true or false, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a `--holdout` run reported: the version it published and both models' holdout scores."""
@@ -243,6 +254,10 @@ class TrainResult:
                    confusion_png=scored.confusion_png)
 
     def summary(self) -> dict[str, Any]:
-        """The figures kept in retrain_runs.metrics_json."""
-        return {"candidate": asdict(self.candidate), "current": asdict(self.current) if self.current else None,
+        """The figures kept in retrain_runs.metrics_json (not the per-image results: the decision's findings
+        keep what the paired test counted)."""
+        def figures(s: HoldoutScore | None) -> dict[str, Any] | None:
+            return None if s is None else {k: v for k, v in asdict(s).items() if k != "correct"}
+
+        return {"candidate": figures(self.candidate), "current": figures(self.current),
                 "valid": self.valid_metrics, "kept_epoch": self.kept_epoch, "train_time_s": self.train_time_s}

@@ -8,7 +8,11 @@ The rules:
 * each image's side is decided once, by a keyed hash (the key lives in KIMCHI_HOME, so outsiders cannot
   predict it), and earlier decisions stand: the holdout stays frozen;
 * holdout labels come only from the base set or from corrections an admin decided; other corrections that
-  fall on the holdout side are held back (neither trained on nor scored) until one does.
+  fall on the holdout side are held back (neither trained on nor scored) until one does;
+* a class with fewer training images than the run's minimum is left out of the run, on both sides: not
+  trained on, and its holdout images not scored (the candidate cannot name a class it never saw, so both
+  models are compared on the photos of the classes it was trained on). It does not stop the other classes;
+  its images keep their sides for a later run.
 """
 from __future__ import annotations
 
@@ -115,6 +119,8 @@ class TrainingSet:
     held_back: int  # holdout-side corrections no admin has decided
     new_splits: list[tuple[str, str, str]] = field(default_factory=list)
     moved: int = 0  # images put on their near-duplicate group's side rather than their own
+    left_out: dict[str, int] = field(default_factory=dict)  # class -> its training images, under the minimum
+    min_per_class: int = 0  # the minimum this set was built with
 
 
 def group_sides(groups: Iterable[Iterable[str]], splits: dict[str, str], holdout_pct: float,
@@ -142,17 +148,18 @@ def group_sides(groups: Iterable[Iterable[str]], splits: dict[str, str], holdout
 
 
 def build_training_set(run_dir: Path, collected: Collected, splits: dict[str, str], holdout_pct: float,
-                       key: bytes, groups: Iterable[Iterable[str]] = ()) -> TrainingSet:
+                       key: bytes, groups: Iterable[Iterable[str]] = (), min_per_class: int = 0) -> TrainingSet:
     """Link training images into run_dir/train/<label>/, list the holdout in run_dir/holdout.jsonl.
 
     `new_splits` holds every side decided or changed by this run (a near-duplicate moved to its group's
-    side counts in `moved`), for the caller to record."""
+    side counts in `moved`), for the caller to record. A class with fewer than `min_per_class` training
+    images is in `left_out` (with its count) and on neither list; its images' sides are recorded all the
+    same."""
     train_dir, holdout_file = run_dir / "train", run_dir / "holdout.jsonl"
     train_dir.mkdir(parents=True, exist_ok=True)
     new_splits: list[tuple[str, str, str]] = []
-    train_counts: collections.Counter[str] = collections.Counter()
-    holdout_counts: collections.Counter[str] = collections.Counter()
-    holdout_rows, held_back, moved = [], 0, 0
+    train_items: list[tuple[str, Item]] = []
+    holdout_rows, held_back, moved, labels = [], 0, 0, set()
     grouped = group_sides(groups, splits, holdout_pct, key)
     for sha, item in sorted(collected.items.items()):
         side = splits.get(sha)
@@ -161,18 +168,34 @@ def build_training_set(run_dir: Path, collected: Collected, splits: dict[str, st
             moved += side is not None or rule != holdout_side(sha, holdout_pct, key)
             side = rule
             new_splits.append((sha, side, item.source))
+        labels.add(item.label)
         if side == HOLDOUT:
             if not item.admin_decided:
                 held_back += 1
                 continue
             holdout_rows.append({"path": str(item.path), "label": item.label, "source": item.source, "sha256": sha})
-            holdout_counts[item.label] += 1
             continue
-        link_into(train_dir / item.label / f"{sha}{item.path.suffix.lower() or '.jpg'}", item.path)
-        train_counts[item.label] += 1
+        train_items.append((sha, item))
+    per_class = collections.Counter(item.label for _, item in train_items)
+    left_out = {label: per_class[label] for label in sorted(labels) if per_class[label] < min_per_class}
+    if left_out:
+        log.info("classes left out of this run, with fewer than %d training images: %s", min_per_class, left_out)
+    train_counts: collections.Counter[str] = collections.Counter()
+    for sha, item in train_items:
+        if item.label not in left_out:
+            link_into(train_dir / item.label / f"{sha}{item.path.suffix.lower() or '.jpg'}", item.path)
+            train_counts[item.label] += 1
+    holdout_rows = [r for r in holdout_rows if r["label"] not in left_out]
+    holdout_counts = collections.Counter(r["label"] for r in holdout_rows)
     holdout_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in holdout_rows), encoding="utf-8")
     return TrainingSet(run_dir, train_dir, holdout_file, dict(train_counts), dict(holdout_counts),
-                       collected.corrections, collected.disputes, held_back, new_splits, moved)
+                       collected.corrections, collected.disputes, held_back, new_splits, moved, left_out,
+                       min_per_class)
+
+
+def left_out_detail(left_out: dict[str, int]) -> str:
+    """'갓김치 0, 백김치 2': the classes left out of a run, each with its training images."""
+    return ", ".join(f"{label} {n}" for label, n in sorted(left_out.items()))
 
 
 def link_into(link: Path, source: Path) -> None:

@@ -7,7 +7,7 @@ from models.protocol import (AuditedEvent, BatchEvent, DoneEvent, EpochEvent, Er
                              ScoredEvent, Stage, StageEvent, StartEvent, TrainResult, parse)
 
 SCORE = HoldoutScore("v2", 20, 0.9, 0.88, 0.87, 0.86, {"깍두기": 0.9, "백김치": 0.8}, 3, 2 / 3,
-                     {"깍두기": 12, "백김치": 8})
+                     {"깍두기": 12, "백김치": 8}, {"ab" * 32: True, "cd" * 32: False})
 EVENTS = [
     StartEvent(elapsed=0.5, arch="resnet18", classes=("깍두기", "백김치"), counts={"깍두기": 10, "백김치": 9},
                n_train=15, n_valid=4, total=6, device="cpu", mixed_precision="no"),
@@ -44,6 +44,8 @@ def test_non_finite_figures_become_null_not_invalid_json():
     ('{"event": "epoch", "epoch": "one", "total": 2}', "whole number"),
     ('{"event": "stage", "stage": "comparing"}', "malformed stage event"),
     ('{"event": "scored", "n": 1, "candidate": {"version": "v2"}}', "holdout score"),
+    ('{"event": "scored", "n": 1, "candidate": {"version": "v2", "n": 1, "accuracy": 1, "precision_macro": 1, '
+     '"recall_macro": 1, "f1_macro": 1, "per_class_f1": {}, "correct": {"ab": "yes"}}}', "true or false"),
 ])
 def test_a_malformed_line_is_one_clear_error(line, says):
     with pytest.raises(ProtocolError, match=says.replace("[", r"\[").replace("]", r"\]")):
@@ -56,3 +58,17 @@ def test_train_result_needs_a_published_and_scored_version():
     result = TrainResult.from_events(EVENTS)
     assert (result.version, result.kept_epoch, result.candidate, result.current) == ("v2", 4, SCORE, None)
     assert result.summary()["candidate"]["per_class_n"] == {"깍두기": 12, "백김치": 8}
+
+
+def test_a_score_from_a_trainer_without_per_image_results_still_parses():
+    """`correct` came later (the paired promotion test): a line without it reads as no per-image results."""
+    body = json.loads(ScoredEvent(n=20, candidate=SCORE, current=SCORE).to_json())
+    assert body["candidate"]["correct"] == {"ab" * 32: True, "cd" * 32: False}
+    del body["candidate"]["correct"], body["current"]["correct"]
+    event = parse(json.dumps(body, ensure_ascii=False))
+    assert event.candidate.correct == {} and event.candidate.per_class_n == SCORE.per_class_n
+
+
+def test_the_run_record_keeps_figures_not_every_images_result():
+    result = TrainResult.from_events(EVENTS)
+    assert "correct" not in result.summary()["candidate"] and result.candidate.correct
