@@ -102,6 +102,32 @@ def report(results: dict[str, Any], out: Path | None) -> None:
         out.write_text(text, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def checkout(rev: str):
+    """The project as of git revision `rev`, in a temporary worktree: a benchmark's "before"."""
+    import subprocess
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="kimchi-before-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True,
+                   capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], capture_output=True)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set size of process `pid` so far (Linux VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def write_cycled(folder: Path, blobs: list[bytes], n: int) -> list[Path]:
     """`n` files in `folder` whose contents cycle through `blobs` (a large set without generating it)."""
     return write_photos(folder, [blobs[i % len(blobs)] for i in range(n)])
@@ -128,12 +154,12 @@ def whole_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[fl
 
 
 @contextlib.asynccontextmanager
-async def bot_process(home, fake, ready_timeout: float = 180, **extra: str):
-    """`python -m bot.app` against `fake` (tests.botkit.spawn_bot), yielded once it has set its command
-    menu; terminated, and the fake stopped, on the way out."""
+async def bot_process(home, fake, ready_timeout: float = 180, root: Path = ROOT, **extra: str):
+    """`python -m bot.app` from the source tree `root` against `fake` (tests.botkit.spawn_bot), yielded once
+    it has set its command menu; terminated, and the fake stopped, on the way out."""
     from tests.botkit import spawn_bot, stop_bot
 
-    process = spawn_bot(home, fake, home.root, **extra)
+    process = spawn_bot(home, fake, home.root, root=root, **extra)
     try:
         await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=ready_timeout)
         yield process

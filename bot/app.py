@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from bot import admin, corrections, handlers, review
 from bot.botapi import bot_api_request
 from bot.gate import gate
 from bot.metrics import install as install_metrics
+from bot.ordering import PerUserOrder
 from bot.sendrate import FairRateLimiter
 from bot.serving import Serving
 from bot.services import RateLimiter, Services
@@ -34,6 +36,7 @@ from bot.texts import EN, KO, command_menu
 from bot.trust import Ledger
 from models.engine import Classifier, EngineConfig
 from models.errors import KimchiError
+from models.home import private_umask
 from models.logs import setup_logging
 from models.preprocess import ImageLimits
 from models.registry import Registry
@@ -75,7 +78,7 @@ def build_application(settings: Settings) -> Application:
            .base_file_url(settings.file_url)
            .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
            .rate_limiter(FairRateLimiter(max_retries=2))  # Telegram's 30/s, in turns by chat
-           .concurrent_updates(256)
+           .concurrent_updates(PerUserOrder(256))  # users side by side; each user's updates in order
            .request(bot_api_request(settings.http_client, connection_pool_size=64, pool_timeout=30))
            .get_updates_request(bot_api_request(settings.http_client))
            .post_init(on_start)
@@ -116,7 +119,8 @@ def build_application(settings: Settings) -> Application:
 async def on_start(app: Application) -> None:
     """Open the database and the engine, recover from a crash, publish the command list."""
     settings: Settings = app.bot_data["settings"]
-    store = await Store.open(settings.home.database, settings.home.corrections)
+    store = await Store.open(settings.home.database, settings.home.corrections,
+                             ImageLimits(max_pixels=settings.max_pixels), settings.user_quota_bytes)
     engine: Engine = app.bot_data.pop("engine", None) or build_engine(settings)
     serving = Serving(engine.registry, engine.classifier)
     ledger = Ledger(store, settings)
@@ -128,6 +132,7 @@ async def on_start(app: Application) -> None:
                    base_labels={sha: item.label for sha, item in
                                 (await asyncio.to_thread(base_items, settings.home.base)).items()})
     await store.reconcile()
+    app.bot_data["legacy_photos"] = asyncio.create_task(store.bound_legacy_photos())  # once, after an upgrade
     await svc.retrain.recover()
     app.bot_data["services"] = svc
     for lang, code in ((EN, None), (KO, "ko")):
@@ -142,6 +147,11 @@ async def on_stop(app: Application) -> None:
     if svc is None:
         return
     await svc.retrain.shutdown()
+    legacy: asyncio.Task | None = app.bot_data.pop("legacy_photos", None)
+    if legacy is not None and not legacy.done():
+        legacy.cancel()  # picked up again at the next start
+        with contextlib.suppress(asyncio.CancelledError):
+            await legacy
     svc.classifier.close()
 
 
@@ -164,6 +174,7 @@ def warn_if_readable(env_file: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    private_umask()  # KIMCHI_HOME and all in it (SQLite, photos, logs, the trainer's files) owner-only
     parser = argparse.ArgumentParser(prog="kimchi-bot", description="Run the kimchi Telegram bot (polling, or the "
                                      "webhook when KIMCHI_WEBHOOK_URL is set).")
     parser.add_argument("--env-file", default=".env", help="settings file (default ./.env); the environment wins")
@@ -176,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kimchi-bot: {err}", file=sys.stderr)
         return 2
     setup_logging(settings.home.logs / "kimchi-bot.log", getattr(logging, settings.log_level),
-                  secrets=(settings.token,))
+                  secrets=(settings.token, settings.webhook_secret))
     warn_if_readable(Path(args.env_file))
     try:
         engine = build_engine(settings)  # fail here, before polling, on a damaged model

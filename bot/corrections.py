@@ -11,13 +11,13 @@ from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
 from bot.handlers import download
-from bot.keyboards import classes_keyboard, fix_again_keyboard, parse_tap
+from bot.keyboards import asked_pair, classes_keyboard, fix_again_keyboard, parse_tap
 from bot.metrics import metrics_of
 from bot.services import Services, lang_of, sender_id, services
-from bot.store import Correction, PredictionRecord, SavedCorrection
-from bot.trust import ACCEPTED, PENDING
-from bot.texts import class_list, kimchi_name, say
-from models.errors import KimchiError, LabelTooLong, NotAClass, UnknownLabel
+from bot.store import Correction, NoStoredImage, PredictionRecord, QuotaExceeded, SavedCorrection
+from bot.trust import ADMIN, AGREEMENT, PENDING, REJECTED, REPEATED
+from bot.texts import IMAGE_KEYS, class_list, kimchi_name, say
+from models.errors import ImageRejected, KimchiError, LabelTooLong, NotAClass, UnknownLabel
 from models.labels import by_id, match
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def correct(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if not may_correct(svc, prediction, who):
         await message.reply_text(say("not_yours", lang), do_quote=True)
         return
-    reply = await save_label(context, prediction, label, who, message.message_id, lang)
+    reply = await save_label(context, prediction, label, who, message.message_id, lang, update_seq=update.update_id)
     await message.reply_text(reply, do_quote=True)
 
 
@@ -78,35 +78,64 @@ def may_correct(svc: Services, prediction: PredictionRecord, user_id: int | None
 
 
 async def save_label(context: ContextTypes.DEFAULT_TYPE, prediction: PredictionRecord, label: str,
-                     user_id: int | None, message_id: int | None, lang: str, source: str = "correction") -> str:
+                     user_id: int | None, message_id: int | None, lang: str, source: str = "correction",
+                     update_seq: int | None = None) -> str:
     """Store the label with the status the policy gives it (file fsynced, row committed), and return the
-    sentence that says so truthfully: used now, or once it is confirmed."""
+    sentence that says so truthfully: used now, once it is confirmed, declined before, or kept from a later
+    message. The photo is downloaded and decoded only for its first label; later ones reuse the stored file."""
     svc, metrics = services(context), metrics_of(context)
-    if not svc.settings.is_admin(user_id) and not svc.corrections.allow(user_id):
+    is_admin = svc.settings.is_admin(user_id)
+    if not is_admin and not svc.corrections.allow(user_id):
         metrics.correction("limited")
         return say("corrections_limit", lang, limit=svc.settings.corrections_per_day)
-    data = await download(context, prediction.file_id, prediction.file_unique_id)
-    if data is None:
-        return say("download_failed", lang)
+    data = None
+    if await svc.store.stored_image(prediction.sha256) is None:  # the first label of this photo
+        data = await download(context, prediction.file_id, prediction.file_unique_id)
+        if data is None:
+            return say("download_failed", lang)
     base_label = svc.base_labels.get(prediction.sha256)
     dispute = base_label is not None and base_label != label
     try:
-        status = await svc.ledger.status_for(user_id, prediction.sha256, prediction.file_unique_id, label, dispute)
-        correction = Correction(prediction, label, user_id, message_id, confirmed=source == "confirm", status=status,
-                                source="dispute" if dispute else source)
-        saved = await svc.store.save_correction(correction, data)
-        if status == ACCEPTED and not dispute:
+        existing = await svc.store.existing_correction(prediction.id)
+        verdict = await svc.ledger.verdict(user_id, prediction.sha256, prediction.file_unique_id, label, dispute,
+                                           existing)
+        if (verdict.basis == REPEATED and existing is not None and existing["corrected_label"] == label
+                and existing["status"] == REJECTED):
+            metrics.correction(REJECTED)  # the row keeps the decision as it was made: nothing to write
+            return say("saved_rejected", lang, name=kimchi_name(label, lang))
+        correction = Correction(prediction, label, user_id, message_id, confirmed=source == "confirm",
+                                status=verdict.status, source="dispute" if dispute else source, basis=verdict.basis,
+                                audit_flag=verdict.audit_flag, update_seq=update_seq)
+        try:
+            saved = await svc.store.save_correction(correction, data, quota=not is_admin)
+        except NoStoredImage:  # the stored file moved away under another label meanwhile: fetch it again
+            data = await download(context, prediction.file_id, prediction.file_unique_id)
+            if data is None:
+                return say("download_failed", lang)
+            saved = await svc.store.save_correction(correction, data, quota=not is_admin)
+        if saved.stale:
+            metrics.correction("stale")
+            return say("saved_stale", lang, name=kimchi_name(saved.previous_label, lang))
+        if verdict.basis in (AGREEMENT, ADMIN) and not dispute:  # independent voices: others' pending ones count
             await svc.ledger.accept_agreement(prediction.sha256, prediction.file_unique_id, label)
+    except QuotaExceeded:
+        metrics.correction("quota")
+        return say("quota_full", lang, limit=f"{svc.settings.user_quota_mb:g}")
+    except ImageRejected as err:
+        metrics.correction("rejected_image")
+        return say(IMAGE_KEYS.get(err.reason, "image_not_image"), lang)
     except (KimchiError, OSError, sqlite3.Error):
         log.exception("saving a correction failed")
         metrics.correction("failed")
         return say("save_failed", lang)
-    metrics.correction(status)
-    return saved_text(saved, prediction, label, status, source, lang)
+    metrics.correction(verdict.status)
+    return saved_text(saved, prediction, label, verdict.status, source, lang)
 
 
 def saved_text(saved: SavedCorrection, prediction: PredictionRecord, label: str, status: str, source: str,
                lang: str) -> str:
+    if status == REJECTED:
+        return say("saved_rejected", lang, name=kimchi_name(label, lang))
     if status == PENDING:
         return say("saved_pending", lang, name=kimchi_name(label, lang))
     if source == "confirm":
@@ -143,10 +172,16 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if tap.action == "ok" and not prediction.label:
         await query.answer(say("expired", lang), show_alert=True)
         return
+    asked = asked_pair(prediction, svc.settings.ask_margin)
     label = prediction.label if tap.action == "ok" else by_id(tap.class_id).name
+    # Under an A/B answer only its two classes were offered, and no ✅.
+    if (tap.action == "ask" and label not in (asked or ())) or (tap.action == "ok" and asked):
+        await query.answer(say("button_invalid", lang), show_alert=True)
+        return
     source = {"ok": "confirm", "ask": "ask"}.get(tap.action, "correction" if prediction.label else "label")
     await query.answer(say("saving", lang))
-    reply = await save_label(context, prediction, label, user_id, query.message.message_id, lang, source=source)
+    reply = await save_label(context, prediction, label, user_id, query.message.message_id, lang, source=source,
+                             update_seq=update.update_id)
     base = (query.message.text or "").split("\n\n✓ ")[0]
     try:
         await query.edit_message_text(f"{base}\n\n✓ {reply}", reply_markup=fix_again_keyboard(prediction.message_id, lang))

@@ -11,13 +11,13 @@ from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from bot.keyboards import answer_keyboard, ask_keyboard, classes_keyboard
+from bot.keyboards import answer_keyboard, ask_keyboard, asked_pair, classes_keyboard
 from bot.metrics import metrics_of
 from bot.services import lang_of, sender_id, services
 from bot.store import PredictionRecord
 from bot.texts import IMAGE_KEYS, class_list, kimchi_name, percent, result_line, say
 from models.errors import Busy, EngineCrashed, ImageRejected, NoModel
-from models.labels import by_name
+from models.preprocess import open_checked
 from models.types import Prediction
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,11 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         return await refuse("download_failed", say("download_failed", lang))
     started = time.perf_counter()
     try:
-        prediction: Prediction | None = await svc.classifier.classify(data)
-    except NoModel:
-        prediction = None
+        try:
+            prediction: Prediction | None = await svc.classifier.classify(data)
+        except NoModel:  # labelling mode: the image is held to the same limits before anyone labels it
+            prediction = None
+            await asyncio.to_thread(open_checked, data, svc.store.limits)
     except ImageRejected as err:
         return await refuse("rejected", say(IMAGE_KEYS.get(err.reason, "image_not_image"), lang), err.reason)
     except Busy:
@@ -126,9 +128,9 @@ def keyboard_for(prediction: Prediction | None, message_id: int, ask_margin: flo
     """No model: the 11 classes. Top two close: ask which. Otherwise: right, or fix."""
     if prediction is None:
         return classes_keyboard(message_id, lang)
-    top = prediction.top
-    if len(top) >= 2 and top[0][1] - top[1][1] < ask_margin and by_name(top[1][0]) and by_name(top[0][0]):
-        return ask_keyboard(message_id, top[0][0], top[1][0], lang)
+    asked = asked_pair(prediction, ask_margin)
+    if asked:
+        return ask_keyboard(message_id, *asked, lang)
     return answer_keyboard(message_id, lang)
 
 

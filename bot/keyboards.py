@@ -43,6 +43,16 @@ def parse_tap(data: str | None) -> Tap | None:
     return tap if 0 < tap.message_id <= MAX_MESSAGE_ID else None
 
 
+def asked_pair(prediction, ask_margin: float) -> tuple[str, str] | None:
+    """The two classes an answer asked between ('A?' / 'B?'), or None when it offered ✅ / ✏️ (or nothing):
+    the model's top two when they are closer than `ask_margin` and both are classes."""
+    top = getattr(prediction, "top", None) or ()
+    if (getattr(prediction, "label", None) and len(top) >= 2 and top[0][1] - top[1][1] < ask_margin
+            and by_name(top[0][0]) and by_name(top[1][0])):
+        return top[0][0], top[1][0]
+    return None
+
+
 def answer_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_ok", lang), callback_data=f"ok:{photo_message_id}"),
                                   InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{photo_message_id}")]])

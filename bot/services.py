@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,39 +37,76 @@ def sender_id(update: Update) -> int | None:
     return user.id
 
 
+class _Events:
+    """One sender's recent events (oldest first, from `head` on) and when a refusal was last told."""
+
+    __slots__ = ("times", "head", "told")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.head = 0
+        self.told = float("-inf")
+
+    def last(self) -> float:
+        return max(self.times[-1] if self.times else float("-inf"), self.told)
+
+
 class RateLimiter:
     """At most `per_window` events per sender in any sliding window (0: no limit). Senders without a user
-    id share one bucket. A refusal is worth telling the sender once a window, not once per message."""
+    id share one bucket. A refusal is worth telling the sender once a window, not once per message.
 
-    def __init__(self, per_window: int, window_s: float = 60.0) -> None:
-        self.per_window, self.window = per_window, window_s
-        self._events: dict[int, deque[float]] = {}
-        self._told: dict[int, float] = {}
+    Each check costs O(1) amortised, whatever the number of senders: senders are kept least recently seen
+    first, and those idle for a whole window are forgotten from the front as others arrive. Memory holds
+    the senders of one window (about 150 bytes each plus 8 per event), and never more than `max_senders`:
+    past that the least recently seen are forgotten, which can only let them through again.
+    """
+
+    def __init__(self, per_window: int, window_s: float = 60.0, max_senders: int = 200_000) -> None:
+        self.per_window, self.window, self.max_senders = per_window, window_s, max_senders
+        self._senders: OrderedDict[int, _Events] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def _events(self, user_id: int | None, now: float) -> _Events:
+        key = SHARED if user_id is None else user_id
+        events = self._senders.get(key)
+        if events is None:
+            events = self._senders[key] = _Events()
+        else:
+            self._senders.move_to_end(key)
+        # Forget from the front: the least recently seen, idle for a window, or past the cap.
+        while len(self._senders) > 1:
+            oldest_key, oldest = next(iter(self._senders.items()))
+            if now - oldest.last() < self.window and len(self._senders) <= self.max_senders:
+                break
+            del self._senders[oldest_key]
+        return events
 
     def allow(self, user_id: int | None) -> bool:
         if not self.per_window:
             return True
-        key = SHARED if user_id is None else user_id
         now = time.monotonic()
-        events = self._events.setdefault(key, deque())
-        while events and now - events[0] >= self.window:
-            events.popleft()
-        if len(events) >= self.per_window:
+        events = self._events(user_id, now)
+        times, head = events.times, events.head
+        while head < len(times) and now - times[head] >= self.window:
+            head += 1
+        if head > 16 and 2 * head > len(times):  # drop the expired prefix now and then: O(1) amortised
+            del times[:head]
+            head = 0
+        events.head = head
+        if len(times) - head >= self.per_window:
             return False
-        events.append(now)
-        if len(self._events) > 10_000:  # forget idle senders
-            for uid in [u for u, e in self._events.items() if not e or now - e[-1] >= self.window]:
-                del self._events[uid]
-                self._told.pop(uid, None)
+        times.append(now)
         return True
 
     def tell_refusal(self, user_id: int | None) -> bool:
         """True the first time in a window that this sender is refused: reply then, stay silent after."""
-        key = SHARED if user_id is None else user_id
         now = time.monotonic()
-        if now - self._told.get(key, -self.window) < self.window:
+        events = self._events(user_id, now)
+        if now - events.told < self.window:
             return False
-        self._told[key] = now
+        events.told = now
         return True
 
 

@@ -39,16 +39,19 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "KIMCHI_ACTION_RATE_LIMIT": ("30", "commands, button taps and corrections per user per minute; 0 turns the limit off"),
     "KIMCHI_CORRECTION_POLICY": ("trusted", "open (every label used), trusted (admins, trusted users and agreement decide) or review (admins only)"),
     "KIMCHI_TRUSTED_IDS": ("", "comma-separated Telegram user ids whose labels are used at once"),
-    "KIMCHI_TRUST_AFTER": ("20", "decided labels (90% of them accepted) after which a user is trusted"),
+    "KIMCHI_TRUST_AFTER": ("20", "labels decided by an admin or by others' agreement (90% of them accepted; ✅ on the model's answer never counts) after which a user is trusted"),
+    "KIMCHI_AGREE_MIN_DAYS": ("7", "days since the bot first saw a user before their label counts towards agreement"),
+    "KIMCHI_AGREE_MIN_DECIDED": ("3", "labels of a user an admin accepted before their label counts towards agreement"),
+    "KIMCHI_USER_QUOTA_MB": ("50", "disk a user's stored photos may take, in MB (admins: no limit); 0 turns it off"),
     "KIMCHI_ASK_MARGIN": ("0.15", "when the top two are closer than this, the answer asks 'A?' / 'B?' with one button each"),
     "KIMCHI_CORRECTIONS_PER_DAY": ("200", "corrections and confirmations per user per day (admins: no limit); 0 turns it off"),
     "KIMCHI_MAX_BATCH": ("32", "engine: largest micro-batch"),
     "KIMCHI_MAX_WAIT_MS": ("2", "engine: how long a decoded photo may wait for companions still being decoded"),
     "KIMCHI_QUEUE_LIMIT": ("64", "engine: photos waiting beyond which users are asked to retry"),
-    "KIMCHI_MAX_PIXELS": ("40000000", "largest image accepted, in pixels (12-MP phone photos pass)"),
+    "KIMCHI_MAX_PIXELS": ("40000000", "largest image accepted, in pixels of RGB: an image with alpha or 16-bit channels counts its extra bytes (12-MP phone photos pass); also in labelling mode"),
     "KIMCHI_CORRECTION_WINDOW_HOURS": ("24", "how far back /correct looks for the user's latest prediction"),
     "KIMCHI_TRAIN_ARGS": ("", "extra `kimchi-train train` arguments for /retrain, appended to the defaults"),
-    "KIMCHI_RETRAIN_MIN_PER_CLASS": ("10", "/retrain refuses when a class has fewer images than this"),
+    "KIMCHI_RETRAIN_MIN_PER_CLASS": ("10", "/retrain leaves out a class with fewer training images than this"),
     "KIMCHI_PROMOTE_TOLERANCE": ("0", "a candidate is promoted if its macro-F1 >= the current one's minus this"),
     "KIMCHI_HOLDOUT_PCT": ("10", "share (percent) of images, by hash, frozen out of training to compare models"),
     "KIMCHI_PROMOTE_CLASS_DROP": ("0.10", "no promotion when a class with at least 5 holdout images loses more F1 than this"),
@@ -113,6 +116,9 @@ class Settings:
     correction_policy: str = "trusted"
     trusted_ids: frozenset[int] = frozenset()
     trust_after: int = 20
+    agree_min_days: float = 7.0
+    agree_min_decided: int = 3
+    user_quota_mb: float = 50.0
     ask_margin: float = 0.15
     action_rate_limit: int = 30
     corrections_per_day: int = 200
@@ -170,6 +176,9 @@ class Settings:
                                       ("open", "trusted", "review")),
             trusted_ids=_ids(values["KIMCHI_TRUSTED_IDS"], "KIMCHI_TRUSTED_IDS"),
             trust_after=_number("KIMCHI_TRUST_AFTER", values, int, 1, 1_000_000),
+            agree_min_days=_number("KIMCHI_AGREE_MIN_DAYS", values, float, 0, 3650),
+            agree_min_decided=_number("KIMCHI_AGREE_MIN_DECIDED", values, int, 0, 1_000_000),
+            user_quota_mb=_number("KIMCHI_USER_QUOTA_MB", values, float, 0, 1_000_000),
             ask_margin=_number("KIMCHI_ASK_MARGIN", values, float, 0, 1),
             action_rate_limit=_number("KIMCHI_ACTION_RATE_LIMIT", values, int, 0, 10_000),
             corrections_per_day=_number("KIMCHI_CORRECTIONS_PER_DAY", values, int, 0, 1_000_000),
@@ -194,6 +203,10 @@ class Settings:
     def listen_address(self) -> tuple[str, int] | None:
         """Where the bot's HTTP server listens: KIMCHI_LISTEN, or its default in webhook mode, else nowhere."""
         return self.listen or (DEFAULT_LISTEN if self.webhook_mode else None)
+
+    @property
+    def user_quota_bytes(self) -> int:
+        return int(self.user_quota_mb * 1_000_000)
 
     @property
     def max_download_bytes(self) -> int:

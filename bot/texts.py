@@ -41,6 +41,14 @@ TEXTS: dict[str, dict[str, str]] = {
     "saved_pending": {KO: "고마워요! {name}(으)로 저장했어요. 확인되면 학습에 쓸게요.",
                       EN: "Saved as {name}, thanks; it will be used once it's confirmed."},
     "confirmed": {KO: "고마워요! 맞다고 저장했어요. ✓", EN: "Thanks! Saved as correct. ✓"},
+    "saved_stale": {KO: "이 사진은 더 나중에 보내 주신 {name}(으)로 이미 저장돼 있어요. 그대로 둘게요.",
+                    EN: "You already labelled this photo {name} in a later message; I kept that."},
+    "saved_rejected": {KO: "관리자가 이 사진의 {name} 라벨을 이미 거절했어요. 학습에는 쓰지 않아요.",
+                       EN: "An admin already declined {name} for this photo, so it won't be used for training."},
+    "quota_full": {KO: "확인을 기다리거나 거절된 사진이 저장 한도({limit} MB)를 다 썼어요. 관리자가 라벨을 받아들이면 "
+                       "더 저장할 수 있어요.",
+                   EN: "Your photos waiting for review or declined fill your storage ({limit} MB); more can be saved "
+                       "once an admin accepts some."},
     "rate_limited": {KO: "사진이 너무 빨리 와요. 1분에 {limit}장까지 볼 수 있어요. 잠시 후 다시 보내 주세요.",
                      EN: "That's a lot of photos! I can look at {limit} a minute; please send more in a moment."},
     "slow_down": {KO: "너무 빨라요! 잠시 후에 다시 해 주세요.", EN: "That's a lot at once! Please try again in a minute."},
@@ -125,6 +133,10 @@ TEXTS: dict[str, dict[str, str]] = {
                                 EN: "Cannot retrain: only {n} class(es) have images; at least two are needed."},
     "retrain_too_few": {KO: "재학습할 수 없어요: 이미지가 {minimum}장보다 적은 클래스가 있어요 — {detail}.",
                         EN: "Cannot retrain: some classes have fewer than {minimum} training images — {detail}."},
+    "retrain_too_few_trainable": {KO: "재학습할 수 없어요: 학습 이미지가 {minimum}장보다 적은 클래스({detail})를 빼면 "
+                                      "{n}개만 남아요 (2개 이상 필요).",
+                                  EN: "Cannot retrain: once the classes with fewer than {minimum} training images are "
+                                      "left out ({detail}), {n} class(es) remain; at least two are needed."},
     "retrain_prepare_failed": {KO: "재학습을 준비하지 못했어요. 자세한 내용은 로그에 있어요.",
                                EN: "Could not prepare the retrain; the details are in the log."},
     "retrain_counts": {KO: "학습 데이터 (클래스별):\n{lines}\n합계 {total}장, 고정 holdout {holdout}장, 사용자 라벨 {corrections}장.\n"
@@ -143,6 +155,14 @@ TEXTS: dict[str, dict[str, str]] = {
     "retrain_suspects": {KO: "라벨이 의심되는 사진들: {summary}", EN: "Photos whose labels look wrong: {summary}"},
     "retrain_count_line": {KO: "{label}: {n}", EN: "{label}: {n}"},
     "retrain_count_line_holdout": {KO: "{label}: {n} (+holdout {holdout})", EN: "{label}: {n} (+{holdout} holdout)"},
+    "retrain_left_out": {KO: "학습 이미지가 {minimum}장보다 적어 이번 학습에서 뺀 클래스: {detail}. 새 모델은 이 클래스를 "
+                             "모르고, 이 클래스의 holdout 사진은 비교에서 빠져요. 라벨은 남아 있다가 이미지가 모이면 학습에 들어가요.",
+                         EN: "Left out of this run, with fewer than {minimum} training images: {detail}. The new model "
+                             "will not know these classes and their holdout photos are not scored; their labels stay "
+                             "for a later run, once there are enough."},
+    "retrain_left_out_known": {KO: "⚠️ 현재 모델은 {classes}을(를) 알아요: 새 모델을 적용하면 봇이 이 클래스로 더 이상 답하지 않아요.",
+                               EN: "⚠️ The current model knows {classes}: if the new model is promoted, the bot stops "
+                                   "naming them."},
     "retrain_starting": {KO: "🏋️ 재학습 #{id}을(를) 시작해요: 라벨 감사, 데이터 나누기, 학습…",
                          EN: "🏋️ Starting retrain #{id}: auditing the labels, splitting, training…"},
     "retrain_progress": {KO: "🏋️ 재학습 #{id} — epoch {epoch}/{total} ({phase})\n{bar} {pct}\n"
@@ -178,6 +198,15 @@ TEXTS: dict[str, dict[str, str]] = {
                             EN: "accuracy on {n} held-out corrected photos {candidate} vs {current}"},
     "finding_class_f1": {KO: "{label}의 F1이 {current}에서 {candidate}(으)로 {limit}보다 많이 떨어졌어요 (holdout {n}장)",
                          EN: "{label} F1 fell from {current} to {candidate}, more than {limit} (holdout {n} images)"},
+    "finding_paired": {KO: "같은 holdout 사진 {n}장에서 새 모델만 맞힌 사진 {candidate}장, 현재 모델만 맞힌 사진 {current}장 "
+                           "(정확 McNemar 검정, 단측 p = {p}; 새 모델이 덜 맞히거나 p < {limit}이면 적용 안 함)",
+                       EN: "on the same {n} holdout photos the new model alone was right on {candidate}, the current "
+                           "one alone on {current} (exact McNemar test, one-sided p = {p}; not promoted if the new "
+                           "one is right less often or p < {limit})"},
+    "finding_small_holdout": {KO: "holdout이 작아요 ({n}장, {limit}장 미만): 사진 한 장이 수치를 크게 바꿔요. 기본 이미지나 "
+                                  "관리자가 확정한 라벨이 늘면 비교를 더 믿을 수 있어요",
+                              EN: "the holdout is small ({n} photos, under {limit}): one photo moves the figures a lot; "
+                                  "more base images or admin-decided labels make the comparison more trustworthy"},
     "decision_no_worse": {KO: "더 나쁘지 않아요: {findings}", EN: "no worse: {findings}"},
     "decision_worse": {KO: "더 나빠요: {findings}", EN: "worse: {findings}"},
     "run_status_running": {KO: "진행 중", EN: "running"},
@@ -195,6 +224,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "report_per_class": {KO: "클래스별 F1:", EN: "per-class F1:"},
     "report_holdout": {KO: "holdout: {n}장 (고정)", EN: "holdout: {n} images (frozen)"},
     "report_training": {KO: "학습: {total}장, 사용자 수정 {corrections}장", EN: "training: {total} images, {corrections} corrections"},
+    "report_left_out": {KO: "뺀 클래스 (이미지 부족): {detail}", EN: "left out (too few images): {detail}"},
     "report_time": {KO: "epoch {epoch} 사용; 학습 {train}초; 전체 {whole}초",
                     EN: "kept epoch {epoch}; training {train} s; whole run {whole} s"},
     "promote_usage": {KO: "사용법: /promote v3 (버전: {versions})", EN: "Usage: /promote v3 (versions: {versions})"},
@@ -217,8 +247,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "review_done_accepted": {KO: "승인했어요.", EN: "Accepted."},
     "review_done_relabelled": {KO: "{label}(으)로 바꿔 승인했어요.", EN: "Relabelled as {label} and accepted."},
     "review_done_rejected": {KO: "거절했어요.", EN: "Rejected."},
-    "review_done_blocked": {KO: "사용자 {user}을(를) 차단했어요. 대기 중인 라벨 {n}개를 거절했어요.",
-                            EN: "Blocked user {user}; {n} of their pending labels were rejected."},
+    "review_done_blocked": {KO: "사용자 {user}을(를) 차단했어요. 이미 쓰이던 것까지 라벨 {n}개를 모두 거절했어요.",
+                            EN: "Blocked user {user}; all {n} of their labels, accepted ones included, were rejected."},
     "source_correction": {KO: "수정", EN: "a fix"},
     "source_confirm": {KO: "✅ 확인", EN: "a ✅ confirmation"},
     "source_ask": {KO: "두 후보 중 선택", EN: "an answer to 'which of two?'"},
@@ -227,9 +257,10 @@ TEXTS: dict[str, dict[str, str]] = {
     "user_usage": {KO: "사용법: /trust 123456789, /block 123456789, /unblock 123456789",
                    EN: "Usage: /trust 123456789, /block 123456789, /unblock 123456789"},
     "user_trusted": {KO: "사용자 {user}을(를) 신뢰해요. 라벨이 바로 쓰여요.", EN: "User {user} is trusted: their labels are used at once."},
-    "user_blocked": {KO: "사용자 {user}을(를) 차단했어요. 대기 중인 라벨 {n}개를 거절했어요.",
-                     EN: "Blocked user {user}; {n} of their pending labels were rejected."},
-    "user_unblocked": {KO: "사용자 {user}의 차단을 풀었어요.", EN: "User {user} is no longer blocked."},
+    "user_blocked": {KO: "사용자 {user}을(를) 차단했어요. 이미 쓰이던 것까지 라벨 {n}개를 모두 거절했어요.",
+                     EN: "Blocked user {user}; all {n} of their labels, accepted ones included, were rejected."},
+    "user_unblocked": {KO: "사용자 {user}의 차단을 풀었어요. 거절된 라벨은 그대로예요.",
+                       EN: "User {user} is no longer blocked; their rejected labels stay rejected."},
     # the command menu (set_my_commands)
     "cmd_start": {KO: "시작", EN: "start"},
     "cmd_help": {KO: "도움말", EN: "help"},

@@ -66,13 +66,30 @@ def open_checked(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
     # here rather than with warnings.catch_warnings, which is process-global and this runs in threads.
     if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
         raise bomb
-    if w * h > limits.max_pixels:
-        raise ImageRejected("too_large", f"The image is {w}x{h}, more than the {limits.max_pixels / 1e6:.0f}-megapixel limit.")
+    if w * h > limits.max_pixels or decoded_bytes(img) > 3 * limits.max_pixels:
+        raise ImageRejected("too_large", f"The image is {w}x{h}, more than the {limits.max_pixels / 1e6:.0f}-megapixel limit"
+                                         f"{' (counted as RGB: alpha and 16-bit cost more)' if w * h <= limits.max_pixels else ''}.")
     if min(w, h) < limits.min_side:
         raise ImageRejected("too_small", f"The image is only {w}x{h} pixels.")
     if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
         raise ImageRejected("animated", "Animated images are not supported; send a single photo.")
     return img
+
+
+# Bytes per pixel that Pillow holds for a decoded image of each mode (the decode's own buffer).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+               "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2,
+               "I;16N": 2}
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """What decoding `img` costs in memory, channels and alpha counted: the pixel limit is stated for RGB
+    (3 bytes a pixel), so a 40-MP RGBA or 16-bit image costs more than a 40-MP JPEG and is held to that.
+    A palette image with transparency becomes RGBA on its way to RGB."""
+    per_pixel = _MODE_BYTES.get(img.mode, 4)
+    if img.mode == "P" and "transparency" in img.info:
+        per_pixel = 4
+    return img.width * img.height * max(per_pixel, 3)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -86,7 +103,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # convert() to the same mode copies
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img if img.mode == "RGB" else img.convert("RGB")

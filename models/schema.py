@@ -94,5 +94,21 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 5: hardening. A label remembers the Telegram update it came from (an older one never replaces a newer
+    # one), what decided its status (only admin decisions and independent agreement earn trust), and the
+    # size of its stored file (per-user quota). A user's first sighting: agreement counts only seasoned users.
+    """
+    ALTER TABLE corrections ADD COLUMN update_seq INTEGER;
+    ALTER TABLE corrections ADD COLUMN basis TEXT;
+    ALTER TABLE corrections ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE corrections SET basis='admin' WHERE decided_by IS NOT NULL;
+    UPDATE corrections SET status='rejected', basis='block'
+        WHERE status != 'rejected' AND user_id IN (SELECT user_id FROM users WHERE blocked=1);
+    ALTER TABLE users ADD COLUMN first_seen TEXT;
+    INSERT OR IGNORE INTO users (user_id, updated_at)
+        SELECT DISTINCT user_id, MIN(created_at) FROM predictions WHERE user_id IS NOT NULL GROUP BY user_id;
+    UPDATE users SET first_seen = (SELECT MIN(created_at) FROM predictions p WHERE p.user_id = users.user_id);
+    UPDATE users SET first_seen = updated_at WHERE first_seen IS NULL;
+    CREATE INDEX corrections_by_sha_label ON corrections(sha256, corrected_label, status);
+    """,
 ]
-

@@ -51,12 +51,13 @@ async def running_bot(home: Home, fake: FakeTelegram, **extra: str) -> AsyncIter
         await app.post_shutdown(app)
 
 
-def spawn_bot(home: Home, fake: FakeTelegram, cwd: Path, **extra: str) -> subprocess.Popen:
-    """`python -m bot.app` (what the kimchi-bot script runs) with the given settings in its environment.
+def spawn_bot(home: Home, fake: FakeTelegram, cwd: Path, root: Path = ROOT, **extra: str) -> subprocess.Popen:
+    """`python -m bot.app` (what the kimchi-bot script runs) with the given settings in its environment, from
+    the source tree `root` (a benchmark passes an older checkout to compare against).
 
     Its output goes to cwd/bot.out (a file, not a pipe nobody drains, which would block a chatty bot).
     """
-    env = {**os.environ, **bot_env(home, fake, **extra), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **bot_env(home, fake, **extra), "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
     output = open(Path(cwd) / "bot.out", "w")
     return subprocess.Popen([sys.executable, "-m", "bot.app"], cwd=cwd, env=env, stdout=output,
                             stderr=subprocess.STDOUT, text=True)

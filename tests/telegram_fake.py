@@ -50,6 +50,7 @@ class FakeTelegram:
         self.webhook: dict[str, Any] | None = None  # setWebhook's parameters while a webhook is set
         self.deliveries: list[int] = []  # HTTP statuses the bot's webhook answered
         self.downloads: list[str] = []  # file ids fetched over HTTP from the file route
+        self.download_delays: dict[str, float] = {}  # file id -> seconds its next download takes (once)
         self.local_dir: Any = None  # a Path: getFile answers with absolute paths there, like `telegram-bot-api --local`
         self._client: Any = None  # aiohttp.ClientSession for webhook posts
         self._updates: list[dict[str, Any]] = []
@@ -97,6 +98,9 @@ class FakeTelegram:
         if file_id not in self.files:
             return web.Response(status=404)
         self.downloads.append(file_id)
+        delay = self.download_delays.pop(file_id, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         return web.Response(body=self.files[file_id], content_type="application/octet-stream")
 
     async def _api(self, request: web.Request) -> web.Response:

@@ -1,7 +1,11 @@
 """The bot end to end: real PTB over real HTTP to a fake Bot API on 127.0.0.1, a real SQLite file, real images."""
 import asyncio
+import io
 import re
 import signal
+
+import numpy as np
+from PIL import Image
 
 
 from bot.app import main as bot_main
@@ -123,7 +127,11 @@ async def test_correct_command_paths(trained_copy, fake):
     assert second_row["corrected_label"] == "백김치"
     saved = sorted(p.relative_to(home.corrections).as_posix() for p in home.corrections.rglob("*.jpg"))
     assert saved == sorted([f"갓김치/{first_row['sha256']}.jpg", f"백김치/{second_row['sha256']}.jpg"])
-    assert (home.corrections / "갓김치" / f"{first_row['sha256']}.jpg").read_bytes() == photo_bytes(0, 5)
+    # the photo as it was sent, re-encoded clean (no metadata) at its own size: the same picture
+    kept = Image.open(home.corrections / "갓김치" / f"{first_row['sha256']}.jpg")
+    sent_image = Image.open(io.BytesIO(photo_bytes(0, 5)))
+    assert kept.format == "JPEG" and kept.size == sent_image.size and not kept.getexif()
+    assert np.abs(np.asarray(kept, np.int16) - np.asarray(sent_image.convert("RGB"), np.int16)).mean() < 3
 
 
 async def test_inline_keyboard_correction_and_confirmation(trained_copy, fake):

@@ -10,8 +10,24 @@ from tests.botkit import ADMIN, buttons, rows, running_bot
 from tests.imagegen import draw, encode
 from tests.telegram_fake import user
 from training.cli import main as train_main
+from training.export import dataset_rows
 
 LOOSE = dict(KIMCHI_ACTION_RATE_LIMIT="0", KIMCHI_CORRECTIONS_PER_DAY="0", KIMCHI_CORRECTION_POLICY="trusted")
+
+
+def assert_export_is_a_copy(home, out, listed) -> None:
+    """The export's images are files of their own: no hard link to the bot's photos, and writing into an
+    exported image in place leaves the bot's photo as it was."""
+    originals = {row.sha256: row.path for row in dataset_rows(home, ("accepted", "pending", "rejected"))}
+    for row in listed:
+        assert originals[row["sha256"]].stat().st_nlink == 1, row["file_name"]
+        assert (out / row["file_name"]).stat().st_nlink == 1, row["file_name"]
+    exported, original = out / listed[0]["file_name"], originals[listed[0]["sha256"]]
+    before = original.read_bytes()
+    assert exported.read_bytes() == before
+    with open(exported, "r+b") as fh:
+        fh.write(b"\0" * 64)
+    assert exported.read_bytes() != before and original.read_bytes() == before
 
 
 def photo_bytes(cls: int, seed: int) -> bytes:
@@ -27,7 +43,8 @@ async def photo_and_answer(fake, who, data):
 async def test_one_user_cannot_poison_the_data_and_a_second_voice_makes_a_label_count(trained_copy, fake, tmp_path):
     home, mallory, alice = trained_copy.home, user(4001, "en"), user(4002, "en")
     photos = [photo_bytes(0, 100 + i) for i in range(30)]
-    async with running_bot(home, fake, **LOOSE):
+    # Both count as seasoned here (tests/test_hardening2.py covers the age and vetting rules)
+    async with running_bot(home, fake, **LOOSE, KIMCHI_AGREE_MIN_DAYS="0", KIMCHI_AGREE_MIN_DECIDED="0"):
         sent = []
         for data in photos:
             msg, answer, _ = await photo_and_answer(fake, mallory, data)
@@ -52,6 +69,7 @@ async def test_one_user_cannot_poison_the_data_and_a_second_voice_makes_a_label_
     assert train_main(["--home", str(home.root), "export-dataset", str(out)]) == 0
     listed = list(csv.DictReader(open(out / "metadata.csv", encoding="utf-8")))
     assert [r["label"] for r in listed] == ["갓김치"] and listed[0]["status"] == "accepted"
+    assert_export_is_a_copy(home, out, listed)  # the user's photo in the corrections folder
 
 
 async def test_review_accept_relabel_reject_and_block(trained_copy, fake):
@@ -163,3 +181,4 @@ async def test_a_dispute_of_a_base_label_waits_for_an_admin_and_export_loads(tra
         folder = ImageFolder(str(out / split))
         assert len(folder) == sum(r["split"] == split for r in listed)
         assert set(folder.classes) <= {"배추김치", "오이소박이", "파김치", "열무김치"}
+    assert_export_is_a_copy(home, out, listed)  # the imported base images
