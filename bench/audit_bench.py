@@ -118,7 +118,7 @@ def timing(args: argparse.Namespace) -> None:
         for round_ in range(args.rounds):
             engine_rates.append(engine_pass(classifier, subset))
             embed_rates.append(embed_pass(embedder, subset))
-            print(f"round {round_ + 1}: engine classify_stream ({getattr(classifier._runner, 'runtime', '?')}) "
+            print(f"round {round_ + 1}: engine classify_stream ({classifier.runtime}) "
                   f"{engine_rates[-1]:.1f} img/s, embedding pass ({embedder.runtime}) {embed_rates[-1]:.1f} img/s "
                   f"on {len(subset)} images", flush=True)
     finally:

@@ -1,10 +1,11 @@
 """Image embeddings from a model version's body, and near-duplicate groups over them.
 
 The vectors are what the trained head sees first: the body's feature map through the head's own
-pooling (fastai's concat pool, max then average), L2-normalised. Images go through the engine's exact
-preprocessing path (decode, EXIF, Resize(presize), area-then-bilinear to size, normalise) by reusing the
-engine's runner, so a photo embeds as the bot would see it; only the last step differs: pooled features
-instead of class probabilities. One pass over the images; the next chunk decodes while this one runs.
+pooling (fastai's concat pool, max then average), L2-normalised. They come from the public runner
+(models.runner) with pooled output, so images go through the engine's exact preprocessing path (decode,
+EXIF, Resize(presize), area-then-bilinear to size, normalise) and a photo embeds as the bot would see it;
+on the CPU the body runs on ONNX Runtime, as the engine's does, when it can. One pass over the images
+(models.runner.stream); the next chunk decodes while this one runs.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 
 from models.archs import get_spec
-from models.engine import EngineConfig, _chunks, _load_and_prepare, _Runner, cpu_runtime_from_env, thread_plan
+from models.engine_config import EngineConfig, cpu_runtime_from_env, thread_plan
 from models.errors import ImageRejected
 from models.registry import Registry
+from models.runner import Runner, stream
+from models.runtimes import Output
 from models.types import ImageError
 
 log = logging.getLogger(__name__)
@@ -62,95 +65,6 @@ class Embedded:
     runtime: str = "torch"  # what ran the body: "onnx" (ONNX Runtime) or "torch"
 
 
-class _EmbeddingRunner(_Runner):
-    """The engine's runner with the head cut after its pooling: `run` yields feature vectors.
-
-    Everything before the model (decode, presize, the batch resample, device moves, nvJPEG on CUDA)
-    is the engine's own code, so the embedding sees the same pixels a classification would. On the CPU
-    the body runs on ONNX Runtime, as the engine's does, when it can: the version's model.onnx with the
-    pooled features as its output (torch eager made this pass 0.81x the engine's throughput, resnet18
-    at 460/224 on a 2-core CPU; bench/audit_bench.py).
-    """
-
-    features_onnx: "_PooledOnnx | None" = None
-
-    def __init__(self, registry: Registry, version: str, config: EngineConfig) -> None:
-        super().__init__(registry, version, config)  # the engine loads torch for a runner with its own _model
-        if self.device.type == "cpu" and config.cpu_runtime != "torch" and not self.half:
-            self.features_onnx = _PooledOnnx.open(registry.path(version), self, config)
-
-    def _torch_features(self, x: torch.Tensor) -> torch.Tensor:
-        body, head = self.model[0], self.model[1]
-        with torch.inference_mode():
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if self.half:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    features = body(x)
-            else:
-                features = body(x)
-            # head[0] is AdaptiveConcatPool2d and head[1] Flatten: what the classifier layers read.
-            return head[1](head[0](features.float())).cpu()
-
-    def _model(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
-        if self.features_onnx is not None:
-            return self.features_onnx(x)
-        return self._torch_features(x)
-
-    def _top(self, probs: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
-        return list(probs.unbind(0))
-
-
-class _PooledOnnx:
-    """The version's model.onnx in ONNX Runtime, answering with the head's flattened pool, not logits."""
-
-    # Largest difference from torch's features, relative to the largest feature: ONNX Runtime adds in
-    # other orders (measured ~1e-6; the engine's export check allows 1e-4 on probabilities).
-    TOLERANCE = 1e-3
-
-    def __init__(self, session, output: str) -> None:
-        self.session = session
-        self.output = output
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from models.onnx_export import INPUT
-
-        return torch.from_numpy(self.session.run([self.output], {INPUT: x.contiguous().numpy()})[0])
-
-    @classmethod
-    def open(cls, folder: Path, runner: "_EmbeddingRunner", config: EngineConfig) -> "_PooledOnnx | None":
-        """The session, or None (the reason logged) when ONNX Runtime cannot give the same features."""
-        try:
-            import onnx
-            import onnxruntime as ort
-
-            from models.engine import _onnx_session, ort_options
-            from models.onnx_export import ONNX
-        except ImportError as err:
-            log.info("embeddings run on torch (%s)", err)
-            return None
-        try:
-            threads = thread_plan(config)[1]
-            _onnx_session(folder, runner.meta, threads)  # exports model.onnx if missing or stale
-            graph = onnx.load(str(folder / ONNX))
-            flat = [node for node in graph.graph.node if node.op_type == "Flatten"][-1]  # the head's; bodies have none
-            del graph.graph.output[:]
-            graph.graph.output.append(onnx.helper.make_tensor_value_info(flat.output[0], onnx.TensorProto.FLOAT, None))
-            pooled = cls(ort.InferenceSession(graph.SerializeToString(), ort_options(threads),
-                                              providers=["CPUExecutionProvider"]),
-                         flat.output[0])
-            x = torch.randn(2, 3, runner.pre.size, runner.pre.size, generator=torch.Generator().manual_seed(0))
-            reference = runner._torch_features(x)
-            gap = float((pooled(x) - reference).abs().max() / reference.abs().max().clamp(min=1.0))
-        except Exception:  # any failure here only costs speed
-            log.warning("ONNX Runtime cannot give %s's pooled features; embedding with torch", folder.name, exc_info=True)
-            return None
-        if gap > cls.TOLERANCE:
-            log.warning("%s's ONNX features differ from torch's by %.1e; embedding with torch", folder.name, gap)
-            return None
-        return pooled
-
-
 def _loader(item: ImageSource) -> Callable[[], bytes]:
     if callable(item):
         return item
@@ -161,14 +75,14 @@ def _loader(item: ImageSource) -> Callable[[], bytes]:
     return path.read_bytes
 
 
-def _open_runner(source: Registry | Path | str, version: str | None, config: EngineConfig) -> _EmbeddingRunner:
-    """A runner for `version` of a registry, or for a model folder (one holding meta.json) itself."""
+def _open_runner(source: Registry | Path | str, version: str | None, config: EngineConfig) -> Runner:
+    """A pooled-output runner for `version` of a registry, or for a model folder (one holding meta.json)."""
     if not isinstance(source, Registry):
         folder = Path(source).expanduser()
         if (folder / "meta.json").is_file():
-            return _EmbeddingRunner(Registry(folder.parent), folder.name, config)
+            return Runner(Registry(folder.parent), folder.name, config, Output.POOLED)
         source = Registry(folder)
-    return _EmbeddingRunner(source, source.resolve(version), config)
+    return Runner(source, source.resolve(version), config, Output.POOLED)
 
 
 class Embedder:
@@ -176,7 +90,9 @@ class Embedder:
 
     def __init__(self, source: Registry | Path | str, version: str | None = "current", device: str = "cpu",
                  batch_size: int = 32) -> None:
-        self.config = EngineConfig(device=device, max_batch=batch_size, cpu_runtime=cpu_runtime_from_env())
+        # batch_lanes=1: one batch at a time on all of ONNX Runtime's threads, as this pass has always run
+        self.config = EngineConfig(device=device, max_batch=batch_size, cpu_runtime=cpu_runtime_from_env(),
+                                   batch_lanes=1)
         self.runner = _open_runner(source, version, self.config)
 
     @property
@@ -186,32 +102,21 @@ class Embedder:
     @property
     def runtime(self) -> str:
         """What runs the body: "onnx" (ONNX Runtime, the CPU's default) or "torch"."""
-        return "onnx" if self.runner.features_onnx is not None else "torch"
+        return self.runner.runtime
 
     def embed(self, images: Sequence[ImageSource] | Iterable[ImageSource]) -> Embedded:
         """Embed every image once; unreadable ones are listed in `errors`, not raised."""
-        runner, size = self.runner, self.config.max_batch
+        runner = self.runner
         rows: list[torch.Tensor] = []
         index: list[int] = []
         errors: dict[int, ImageError] = {}
         with cf.ThreadPoolExecutor(thread_plan(self.config)[0], thread_name_prefix="kimchi-embed") as pool:
-            chunks = _chunks(enumerate(_loader(item) for item in images), size)
-
-            def submit(chunk: list) -> list:
-                return [(i, pool.submit(_load_and_prepare, runner, load)) for i, load in chunk]
-
-            in_flight = [submit(chunk) for chunk in (next(chunks, None), next(chunks, None)) if chunk]
-            while in_flight:  # the next chunk decodes while this one runs through the model
-                batch = in_flight.pop(0)
-                chunk = next(chunks, None)
-                if chunk:
-                    in_flight.append(submit(chunk))
-                for (i, _), out in zip(batch, runner.run([f.result() for _, f in batch])):
-                    if isinstance(out, ImageError):
-                        errors[i] = out
-                    else:
-                        rows.append(out)
-                        index.append(i)
+            for i, out in enumerate(stream(runner, (_loader(item) for item in images), pool)):
+                if isinstance(out, ImageError):
+                    errors[i] = out
+                else:
+                    rows.append(out)
+                    index.append(i)
         dim = 2 * get_spec(runner.meta.arch).n_features
         vectors = torch.stack(rows).numpy() if rows else np.zeros((0, dim), np.float32)
         vectors = (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)

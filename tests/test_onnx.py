@@ -243,6 +243,21 @@ def test_kimchi_cpu_runtime_reaches_kimchi_train_predict_and_the_holdout_scoring
     assert "KIMCHI_CPU_RUNTIME" in err and "tensorrt" in err and len(err.splitlines()) == 1, err
 
 
+def test_embeddings_run_on_onnx_runtime_with_torchs_vectors(trained, monkeypatch):
+    """The embedding pass is the public runner with pooled output: on ONNX Runtime on the CPU (also when
+    KIMCHI_CPU_RUNTIME asks for it), giving the unit vectors torch gives."""
+    from models.embed import Embedder
+
+    images, vectors = varied_images(6), {}
+    for runtime in ("onnx", "torch"):
+        monkeypatch.setenv("KIMCHI_CPU_RUNTIME", runtime)
+        embedder = Embedder(trained.registry, trained.version)
+        result = embedder.embed(images)
+        assert embedder.runtime == result.runtime == runtime and not result.errors
+        vectors[runtime] = result.vectors
+    assert vectors["onnx"].shape == (6, 2 * 1280) and np.abs(vectors["onnx"] - vectors["torch"]).max() <= 1e-4
+
+
 class _Counting:
     """An ORT session wrapper that counts runs and the most that were in it at once. With `hold`, a run
     waits (up to 10 s) for a second one to come in beside it, so that overlap does not hang on timing."""
@@ -273,23 +288,23 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained, monk
     """On ONNX Runtime with two lanes: a burst runs on the one-thread session, two batches at once, with
     the same answers as one at a time; a lone photo runs on the session with every thread, and only its
     resize is split over two threads (which costs CPU a burst cannot spare)."""
-    from models import engine as engine_module
+    from models import prepare
 
     splits: list[bool] = []
-    real_presize = engine_module.presize_array
+    real_presize = prepare.presize_array
 
     def presize(img, presize, split=False):
         splits.append(split)
         return real_presize(img, presize, split=split)
 
-    monkeypatch.setattr(engine_module, "presize_array", presize)
+    monkeypatch.setattr(prepare, "presize_array", presize)
     images = varied_images(24)
     engine = Classifier(trained.registry, trained.version, EngineConfig(
         device="cpu", cpu_runtime="onnx", top_k=100, max_batch=2, batch_lanes=2, runtime_threads=2))
     runs: list[str] = []
     try:
-        onnx = engine._runner.onnx
-        assert engine._runner.parallel_batches == 2 and onnx.narrow is not None
+        onnx = engine.runner.net
+        assert engine.runner.parallel_batches == 2 and onnx.narrow is not None
         onnx.wide, onnx.narrow = _Counting(onnx.wide, runs, "wide"), _Counting(onnx.narrow, runs, "narrow", hold=True)
         lone = [dict(asyncio.run(engine.classify(data)).top) for data in images]
         alone = np.array([[top[label] for label in engine.meta.vocab] for top in lone])
@@ -311,7 +326,7 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained, monk
         assert set(runs) == {"narrow"} and onnx.narrow.most == 2 and not any(splits)
         assert (together.argmax(1) == alone.argmax(1)).all() and np.abs(together - alone).max() <= 1e-5
         assert (streamed.argmax(1) == alone.argmax(1)).all() and np.abs(streamed - alone).max() <= 1e-5
-        lanes = engine._lanes
+        lanes = engine.batcher.lane_pool(2)
     finally:
         engine.close()
     with pytest.raises(RuntimeError):  # close() shut the lanes down
