@@ -17,6 +17,7 @@ from bot.reports import (REFUSAL_KEYS, bar, decision_text, failure_text, left_ou
 from bot.texts import number, percent, say
 from models.errors import KimchiError
 from models.protocol import EpochEvent, StageEvent
+from models.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ def counts_text(run: Run, lang: str) -> str:
                        if sha in run.collected.items and run.collected.items[sha].source == "base")
     text = say("retrain_counts", lang, lines="\n".join(lines), total=sum(tset.train_counts.values()),
                holdout=sum(tset.holdout_counts.values()), corrections=tset.corrections, disputes=tset.disputes,
-               held_back=tset.held_back, accepted=labels.get("accepted", 0), pending=labels.get("pending", 0),
-               rejected=labels.get("rejected", 0), moved=tset.moved)
+               held_back=tset.held_back, moved=tset.moved, accepted=labels.get(Status.ACCEPTED, 0),
+               pending=labels.get(Status.PENDING, 0), rejected=labels.get(Status.REJECTED, 0))
     left_out = left_out_text(tset.left_out, tset.min_per_class, run.forgets, lang)
     if left_out:
         text += "\n" + left_out

@@ -15,10 +15,11 @@ from bot.keyboards import asked_pair, classes_keyboard, fix_again_keyboard, pars
 from bot.metrics import metrics_of
 from bot.services import Services, lang_of, sender_id, services
 from bot.store import Correction, NoStoredImage, PredictionRecord, QuotaExceeded, SavedCorrection
-from bot.trust import ADMIN, AGREEMENT, PENDING, REJECTED, REPEATED
+from bot.trust import Basis
 from bot.texts import IMAGE_KEYS, class_list, kimchi_name, say
 from models.errors import ImageRejected, KimchiError, LabelTooLong, NotAClass, UnknownLabel
 from models.labels import by_id, match
+from models.status import Source, Status
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def may_correct(svc: Services, prediction: PredictionRecord, user_id: int | None
 
 
 async def save_label(context: ContextTypes.DEFAULT_TYPE, prediction: PredictionRecord, label: str,
-                     user_id: int | None, message_id: int | None, lang: str, source: str = "correction",
+                     user_id: int | None, message_id: int | None, lang: str, source: Source = Source.CORRECTION,
                      update_seq: int | None = None) -> str:
     """Store the label with the status the policy gives it (file fsynced, row committed), and return the
     sentence that says so truthfully: used now, once it is confirmed, declined before, or kept from a later
@@ -99,13 +100,13 @@ async def save_label(context: ContextTypes.DEFAULT_TYPE, prediction: PredictionR
         existing = await svc.store.existing_correction(prediction.id)
         verdict = await svc.ledger.verdict(user_id, prediction.sha256, prediction.file_unique_id, label, dispute,
                                            existing)
-        if (verdict.basis == REPEATED and existing is not None and existing["corrected_label"] == label
-                and existing["status"] == REJECTED):
-            metrics.correction(REJECTED)  # the row keeps the decision as it was made: nothing to write
+        if (verdict.basis == Basis.REPEATED and existing is not None and existing["corrected_label"] == label
+                and existing["status"] == Status.REJECTED):
+            metrics.correction(Status.REJECTED)  # the row keeps the decision as it was made: nothing to write
             return say("saved_rejected", lang, name=kimchi_name(label, lang))
-        correction = Correction(prediction, label, user_id, message_id, confirmed=source == "confirm",
-                                status=verdict.status, source="dispute" if dispute else source, basis=verdict.basis,
-                                audit_flag=verdict.audit_flag, update_seq=update_seq)
+        correction = Correction(prediction, label, user_id, message_id, confirmed=source == Source.CONFIRM,
+                                status=verdict.status, source=Source.DISPUTE if dispute else source,
+                                basis=verdict.basis, audit_flag=verdict.audit_flag, update_seq=update_seq)
         try:
             saved = await svc.store.save_correction(correction, data, quota=not is_admin)
         except NoStoredImage:  # the stored file moved away under another label meanwhile: fetch it again
@@ -116,7 +117,7 @@ async def save_label(context: ContextTypes.DEFAULT_TYPE, prediction: PredictionR
         if saved.stale:
             metrics.correction("stale")
             return say("saved_stale", lang, name=kimchi_name(saved.previous_label, lang))
-        if verdict.basis in (AGREEMENT, ADMIN) and not dispute:  # independent voices: others' pending ones count
+        if verdict.basis in (Basis.AGREEMENT, Basis.ADMIN) and not dispute:  # independent voices: others' count
             await svc.ledger.accept_agreement(prediction.sha256, prediction.file_unique_id, label)
     except QuotaExceeded:
         metrics.correction("quota")
@@ -132,13 +133,13 @@ async def save_label(context: ContextTypes.DEFAULT_TYPE, prediction: PredictionR
     return saved_text(saved, prediction, label, verdict.status, source, lang)
 
 
-def saved_text(saved: SavedCorrection, prediction: PredictionRecord, label: str, status: str, source: str,
+def saved_text(saved: SavedCorrection, prediction: PredictionRecord, label: str, status: Status, source: Source,
                lang: str) -> str:
-    if status == REJECTED:
+    if status == Status.REJECTED:
         return say("saved_rejected", lang, name=kimchi_name(label, lang))
-    if status == PENDING:
+    if status == Status.PENDING:
         return say("saved_pending", lang, name=kimchi_name(label, lang))
-    if source == "confirm":
+    if source == Source.CONFIRM:
         return say("confirmed", lang)
     old = saved.previous_label or prediction.label
     if old and old != label:
@@ -178,7 +179,8 @@ async def button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if (tap.action == "ask" and label not in (asked or ())) or (tap.action == "ok" and asked):
         await query.answer(say("button_invalid", lang), show_alert=True)
         return
-    source = {"ok": "confirm", "ask": "ask"}.get(tap.action, "correction" if prediction.label else "label")
+    source = {"ok": Source.CONFIRM, "ask": Source.ASK}.get(tap.action,
+                                                         Source.CORRECTION if prediction.label else Source.LABEL)
     await query.answer(say("saving", lang))
     reply = await save_label(context, prediction, label, user_id, query.message.message_id, lang, source=source,
                              update_seq=update.update_id)

@@ -103,7 +103,7 @@ class BotMetrics:
         self.corrections.labels(status=status).inc()
 
     def retrain(self, decision: str) -> None:
-        """A retrain ended, by its status: "promoted", "rejected" (the serving model kept), "failed", "cancelled",
+        """A retrain ended, by its status: "promoted", "kept" (not promoted), "failed", "cancelled",
         "refused"."""
         self.retrains.labels(decision=decision).inc()
 

@@ -20,7 +20,7 @@ FAILURE_KEYS = {"trainer_error": "failure_trainer_error", "signal": "failure_sig
                 "load_failed": "failure_load_failed", "internal": "failure_internal",
                 "bot_stopped": "failure_bot_stopped"}
 RUN_STATUS_KEYS = {"running": "run_status_running", "promoted": "run_status_promoted",
-                   "rejected": "run_status_rejected", "cancelled": "run_status_cancelled",
+                   "kept": "run_status_kept", "cancelled": "run_status_cancelled",
                    "failed": "run_status_failed", "refused": "run_status_refused"}
 REFUSAL_KEYS = {"too_few_classes": "retrain_too_few_classes", "too_few_images": "retrain_too_few",
                 "too_few_trainable": "retrain_too_few_trainable"}

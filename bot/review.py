@@ -12,8 +12,9 @@ from telegram.ext import ContextTypes
 
 from bot.services import Services, admin_only, lang_of, sender_id, services
 from bot.texts import SOURCE_KEYS, fit, kimchi_name, percent, say
-from bot.trust import ACCEPTED, REJECTED, ReviewItem, author_of, next_pending
+from bot.ledger import ReviewItem, author_of, next_pending
 from models.labels import CLASSES, by_id
+from models.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,14 @@ async def decide(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await query.answer(say("saving", lang))
     if action == "a":
-        await svc.ledger.decide(item_id, ACCEPTED, admin)
+        await svc.ledger.decide(item_id, Status.ACCEPTED, admin)
         outcome = say("review_done_accepted", lang)
     elif action == "l":
         label = by_id(int(m.group(4))).name
-        await svc.ledger.decide(item_id, ACCEPTED, admin, label=label)
+        await svc.ledger.decide(item_id, Status.ACCEPTED, admin, label=label)
         outcome = say("review_done_relabelled", lang, label=kimchi_name(label, lang))
     elif action == "x":
-        await svc.ledger.decide(item_id, REJECTED, admin)
+        await svc.ledger.decide(item_id, Status.REJECTED, admin)
         outcome = say("review_done_rejected", lang)
     else:
         author = await author_of(svc.ledger, item_id)

@@ -19,7 +19,7 @@ from models.registry import Registry
 if TYPE_CHECKING:
     from bot.serving import Serving
     from bot.supervisor import RetrainSupervisor
-    from bot.trust import Ledger
+    from bot.ledger import Ledger
 
 
 SHARED = -1  # the bucket of every sender without a user of their own (channels, anonymous admins)

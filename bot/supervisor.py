@@ -32,7 +32,7 @@ from bot.serving import Serving
 from bot.settings import Settings
 from bot.store import Store
 from bot.trainer_process import TrainerProcess, is_our_trainer, kimchi_train
-from bot.trust import Ledger
+from bot.ledger import Ledger
 from models.clock import stamp
 from models.corpus import corpus_rows
 from models.errors import KimchiError
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 class RunStatus(str, Enum):
     PROMOTED = "promoted"
-    KEPT = "rejected"  # the column's word since the first schema
+    KEPT = "kept"  # not promoted: the serving model stays ('rejected' before migration 6; a label's word)
     CANCELLED = "cancelled"
     FAILED = "failed"
     REFUSED = "refused"

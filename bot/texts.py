@@ -211,7 +211,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "decision_worse": {KO: "더 나빠요: {findings}", EN: "worse: {findings}"},
     "run_status_running": {KO: "진행 중", EN: "running"},
     "run_status_promoted": {KO: "적용됨", EN: "promoted"},
-    "run_status_rejected": {KO: "보류됨", EN: "kept, not promoted"},
+    "run_status_kept": {KO: "보류됨", EN: "kept, not promoted"},
     "run_status_cancelled": {KO: "취소됨", EN: "cancelled"},
     "run_status_failed": {KO: "실패", EN: "failed"},
     "run_status_refused": {KO: "거절됨", EN: "refused"},

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from models.home import Home
+from models.status import Source, Status
 from models.trainset import CorrectionRow
 
-STATUSES = ("accepted", "pending", "rejected")
+STATUSES = tuple(Status)
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class Labelled:
     label: str
     path: Path
     user_id: int | None
-    status: str
-    source: str
+    status: str  # a models.status.Status word
+    source: str  # a models.status.Source word
     decided_by: int | None
     audit_flag: str | None
     updated_at: str
@@ -42,9 +43,9 @@ def read_labels(database: Path) -> list[Labelled]:
         con.row_factory = sqlite3.Row
         names = {r[1] for r in con.execute("PRAGMA table_info(corrections)")}
         if "status" not in names:  # a database from before trusted corrections: everything was used
-            rows = con.execute("SELECT id, sha256, corrected_label, path, user_id, 'accepted' AS status,"
-                               " 'correction' AS source, NULL AS decided_by, NULL AS audit_flag, updated_at"
-                               " FROM corrections ORDER BY updated_at, id").fetchall()
+            rows = con.execute("SELECT id, sha256, corrected_label, path, user_id, ? AS status, ? AS source,"
+                               " NULL AS decided_by, NULL AS audit_flag, updated_at FROM corrections"
+                               " ORDER BY updated_at, id", (Status.ACCEPTED, Source.CORRECTION)).fetchall()
         else:
             rows = con.execute("SELECT id, sha256, corrected_label, path, user_id, status, source, decided_by,"
                                " audit_flag, updated_at FROM corrections WHERE missing_file=0"
@@ -72,7 +73,7 @@ def accepted_rows(labels: Iterable[Labelled], is_admin: Callable[[int | None], b
     """The newest accepted label of each photo: what a retrain trains on and scores with."""
     newest: dict[str, Labelled] = {}
     for row in labels:
-        if row.status == "accepted":
+        if row.status == Status.ACCEPTED:
             newest[row.sha256] = row  # rows come oldest first: the last one wins
     return [CorrectionRow(r.sha256, r.label, r.path, admin_decided=r.decided_by is not None or is_admin(r.user_id))
             for r in newest.values()]

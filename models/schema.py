@@ -111,4 +111,9 @@ MIGRATIONS: list[str] = [
     UPDATE users SET first_seen = updated_at WHERE first_seen IS NULL;
     CREATE INDEX corrections_by_sha_label ON corrections(sha256, corrected_label, status);
     """,
+    # 6: a retrain whose candidate was not promoted is 'kept' (the serving model stays); 'rejected' is a
+    # label's status only
+    """
+    UPDATE retrain_runs SET status='kept' WHERE status='rejected';
+    """,
 ]
