@@ -1,21 +1,27 @@
 """The bot's configuration: one Settings object, read once from the environment and a `.env` file.
 
-Variables set in the environment win over the same names in `.env`. Every name, its default and its
-meaning is listed in SETTINGS (and in the README).
+Each variable is declared once, as a field of `Settings`: its name (the alias), type, default (written as it
+would be in `.env`, and checked like any value), bounds and meaning (the README's row for it, which
+tests/test_docs.py checks). Variables set in the environment win over the same names in `.env`. A bad value
+ends in one sentence that names the variable (a KimchiError), never in pydantic's report.
 """
 from __future__ import annotations
 
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Callable, Mapping
 from urllib.parse import urlsplit
+
+from dotenv.parser import parse_stream
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.botapi import HTTP_CLIENTS
 from models.errors import KimchiError
 from models.home import Home
+from models.recipe_flags import NotARecipeFlag, check_recipe_args
 from models.types import CPU_RUNTIMES
 
 TOKEN_PATTERN = re.compile(r"^\d{5,}:[A-Za-z0-9_-]{30,}$")
@@ -25,168 +31,275 @@ LOCAL_DOWNLOAD_LIMIT_MB = 2000  # a local Bot API server serves files up to 2000
 DEFAULT_LISTEN = ("127.0.0.1", 8080)
 RESERVED_PATHS = ("/healthz", "/metrics")
 
-# name: (default, meaning) — the README's table is this one.
-SETTINGS: dict[str, tuple[str, str]] = {
-    "TELEGRAM_BOT_TOKEN": ("", "the bot's token, from @BotFather (required)"),
-    "TELEGRAM_API_BASE_URL": ("https://api.telegram.org/bot", "Bot API base URL (PTB base_url); set it for a local Bot API server"),
-    "TELEGRAM_API_FILE_URL": ("https://api.telegram.org/file/bot", "Bot API file URL (PTB base_file_url)"),
-    "KIMCHI_HOME": ("~/.kimchi", "the data folder: datasets, models, the SQLite file, logs"),
-    "KIMCHI_ADMIN_IDS": ("", "comma-separated Telegram user ids allowed /stats, /model, /retrain, /promote, /rollback"),
-    "KIMCHI_DEVICE": ("auto", "auto, cpu or cuda"),
-    "KIMCHI_CPU_RUNTIME": ("auto", "what runs the model on the CPU: auto (ONNX Runtime when it can, else torch), onnx or torch"),
-    "KIMCHI_CONFIDENCE_THRESHOLD": ("0.6", "below this top probability the reply shows the top 3 and says it is unsure"),
-    "KIMCHI_RATE_LIMIT": ("10", "photos per user per minute; 0 turns the limit off"),
-    "KIMCHI_ACTION_RATE_LIMIT": ("30", "commands, button taps and corrections per user per minute; 0 turns the limit off"),
-    "KIMCHI_CORRECTION_POLICY": ("trusted", "open (every label used), trusted (admins, trusted users and agreement decide) or review (admins only)"),
-    "KIMCHI_TRUSTED_IDS": ("", "comma-separated Telegram user ids whose labels are used at once"),
-    "KIMCHI_TRUST_AFTER": ("20", "labels decided by an admin or by others' agreement (90% of them accepted; ✅ on the model's answer never counts) after which a user is trusted"),
-    "KIMCHI_AGREE_MIN_DAYS": ("7", "days since the bot first saw a user before their label counts towards agreement"),
-    "KIMCHI_AGREE_MIN_DECIDED": ("3", "labels of a user an admin accepted before their label counts towards agreement"),
-    "KIMCHI_USER_QUOTA_MB": ("50", "disk a user's stored photos may take, in MB (admins: no limit); 0 turns it off"),
-    "KIMCHI_ASK_MARGIN": ("0.15", "when the top two are closer than this, the answer asks 'A?' / 'B?' with one button each"),
-    "KIMCHI_CORRECTIONS_PER_DAY": ("200", "corrections and confirmations per user per day (admins: no limit); 0 turns it off"),
-    "KIMCHI_MAX_BATCH": ("32", "engine: largest micro-batch"),
-    "KIMCHI_MAX_WAIT_MS": ("2", "engine: how long a decoded photo may wait for companions still being decoded"),
-    "KIMCHI_QUEUE_LIMIT": ("64", "engine: photos waiting beyond which users are asked to retry"),
-    "KIMCHI_MAX_PIXELS": ("40000000", "largest image accepted, in pixels of RGB: an image with alpha or 16-bit channels counts its extra bytes (12-MP phone photos pass); also in labelling mode"),
-    "KIMCHI_CORRECTION_WINDOW_HOURS": ("24", "how far back /correct looks for the user's latest prediction"),
-    "KIMCHI_TRAIN_ARGS": ("", "extra `kimchi-train train` arguments for /retrain, appended to the defaults"),
-    "KIMCHI_RETRAIN_MIN_PER_CLASS": ("10", "/retrain leaves out a class with fewer training images than this"),
-    "KIMCHI_PROMOTE_TOLERANCE": ("0", "a candidate is promoted if its macro-F1 >= the current one's minus this"),
-    "KIMCHI_HOLDOUT_PCT": ("10", "share (percent) of images, by hash, frozen out of training to compare models"),
-    "KIMCHI_PROMOTE_CLASS_DROP": ("0.10", "no promotion when a class with at least 5 holdout images loses more F1 than this"),
-    "KIMCHI_RETRAIN_AUDIT": ("1", "1: /retrain audits the labels with the serving model first (kimchi-train audit); 0: skip"),
-    "KIMCHI_RETRAIN_TIMEOUT_MIN": ("720", "a retrain's trainer still running after this many minutes is stopped"),
-    "KIMCHI_LOG_LEVEL": ("INFO", "log level of the console and KIMCHI_HOME/logs/kimchi-bot.log"),
-    "KIMCHI_WEBHOOK_URL": ("", "public URL Telegram posts updates to (webhook mode when set); its path is the webhook route"),
-    "KIMCHI_WEBHOOK_SECRET": ("", "webhook mode: secret token Telegram sends back, 1-256 of A-Z a-z 0-9 _ - (required there)"),
-    "KIMCHI_LISTEN": ("", "host:port of the bot's HTTP server (/healthz, /metrics, the webhook); webhook mode: 127.0.0.1:8080 when unset"),
-    "KIMCHI_WEBHOOK_MAX_CONNECTIONS": ("40", "webhook mode: most simultaneous connections Telegram opens (1-100)"),
-    "KIMCHI_DROP_PENDING_UPDATES": ("0", "1: drop updates that waited while the bot was down"),
-    "KIMCHI_HTTP_CLIENT": ("aiohttp", "how the bot calls the Bot API: aiohttp (about 1.5 ms less per call than httpx on 2 cores) or httpx (PTB's own)"),
-    "TELEGRAM_LOCAL_MODE": ("0", "1: the Bot API server is a local one started with --local (files by local path)"),
-    "KIMCHI_MAX_DOWNLOAD_MB": ("20", "largest photo or image file downloaded, in MB; above 20 only with TELEGRAM_LOCAL_MODE=1 (up to 2000)"),
-    "KIMCHI_TRAIN_GPUS": ("1", "GPUs /retrain trains on (kimchi-train train --gpus N, under accelerate launch)"),
-}
+
+# ---------------------------------------------------------------------------------------------
+# What a value may be. Each check takes the text from the environment or `.env` and returns the value, which
+# pydantic then checks against the field's type, or raises ValueError with the rest of a sentence that
+# `Settings.load` starts with the variable's name.
+
+def _token(raw: str) -> str:
+    token = raw.strip()
+    if not token:
+        raise ValueError("is not set: open Telegram, talk to @BotFather, send /newbot, and put the token it gives "
+                         "you in TELEGRAM_BOT_TOKEN (environment or .env).")
+    if not TOKEN_PATTERN.match(token):
+        raise ValueError("does not look like a bot token (digits, a colon, then 35 or so letters, e.g. "
+                         "123456789:AAE…); copy it again from @BotFather.")
+    return token
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; `#` comments, `export ` prefixes and shell-style quotes allowed."""
-    values: dict[str, str] = {}
-    if not path.is_file():
-        return values
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+def _strip(raw: str) -> str:
+    return raw.strip()
+
+
+def _ids(raw: str) -> frozenset[int]:
+    ids = set()
+    for part in raw.replace(" ", "").split(","):
+        if not part:
             continue
-        if line.startswith("export "):
-            line = line[len("export "):].strip()
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise KimchiError(f"{path}:{number} is not a KEY=VALUE line.")
-        try:
-            parts = shlex.split(value, comments=True)
-        except ValueError as err:
-            raise KimchiError(f"{path}:{number}: {err}.") from err
-        values[key.strip()] = " ".join(parts)
-    return values
+        if not re.fullmatch(r"-?[0-9]+", part):
+            raise ValueError(f"must be comma-separated numeric Telegram user ids; '{part}' is not one.")
+        ids.add(int(part))
+    return frozenset(ids)
 
 
-@dataclass(frozen=True)
-class Settings:
-    token: str = field(repr=False)  # never in a repr, a log line or a traceback's locals
-    base_url: str
-    file_url: str
-    home: Home
-    admin_ids: frozenset[int]
-    device: str
-    cpu_runtime: str
-    confidence_threshold: float
-    rate_limit: int
-    max_batch: int
-    max_wait_ms: float
-    queue_limit: int
-    max_pixels: int
-    correction_window_hours: float
-    train_args: tuple[str, ...]
-    retrain_min_per_class: int
-    promote_tolerance: float
-    holdout_pct: float
-    log_level: str
-    correction_policy: str = "trusted"
-    trusted_ids: frozenset[int] = frozenset()
-    trust_after: int = 20
-    agree_min_days: float = 7.0
-    agree_min_decided: int = 3
-    user_quota_mb: float = 50.0
-    ask_margin: float = 0.15
-    action_rate_limit: int = 30
-    corrections_per_day: int = 200
-    promote_class_drop: float = 0.10
-    retrain_timeout_min: float = 720.0
-    retrain_audit: bool = True
-    webhook_url: str = ""
-    webhook_secret: str = ""
-    listen: tuple[str, int] | None = None  # None: not set (polling serves no HTTP; webhook mode uses DEFAULT_LISTEN)
-    webhook_max_connections: int = 40
-    drop_pending_updates: bool = False
-    local_mode: bool = False
-    max_download_mb: int = CLOUD_DOWNLOAD_LIMIT_MB
-    train_gpus: int = 1
-    http_client: str = "aiohttp"
+def _one_of(*allowed: str, fold: Callable[[str], str] = str) -> BeforeValidator:
+    def check(raw: str) -> str:
+        value = fold(raw.strip())
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, not '{value}'.")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be 1 or 0, not '{raw.strip()}'.")
+
+
+def _listen(raw: str) -> tuple[str, int] | None:
+    """`host:port`, `:port` (all interfaces) or `[::1]:port`; empty means not set."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    host, sep, port = raw.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, e.g. 127.0.0.1:8080, not '{raw}'.")
+    return host, int(port)
+
+
+def _webhook_url(raw: str) -> str:
+    url = raw.strip()
+    parts = urlsplit(url)
+    # The scheme is not policed beyond http(s): Telegram wants HTTPS, a local Bot API server takes HTTP.
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise ValueError(f"must be a full http(s) URL such as https://bot.example.com/telegram, not '{url}'.")
+    return url
+
+
+def _train_args(raw: str) -> tuple[str, ...]:
+    """Recipe flags only, read by the trainer's own parser: what /retrain would refuse is refused at start."""
+    try:
+        args = tuple(shlex.split(raw))
+    except ValueError as err:
+        raise ValueError(f"cannot be read ({err}).") from None
+    try:
+        check_recipe_args(args)
+    except NotARecipeFlag as err:
+        raise ValueError(f"takes the recipe's flags of `kimchi-train train` only, not '{err.arg}': /retrain sets "
+                         "the data folder, the holdout, the models folder, the progress format and the GPUs "
+                         "(KIMCHI_TRAIN_GPUS) itself.") from None
+    except ValueError as err:
+        raise ValueError(f"holds a value `kimchi-train train` refuses ({err}).") from None
+    return args
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+UserIds = Annotated[frozenset[int], BeforeValidator(_ids)]
+
+
+# ---------------------------------------------------------------------------------------------
+
+class Settings(BaseSettings):
+    """Every variable the bot reads, in the README's order. Build it with `Settings.load`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True, enable_decoding=False,
+                                      str_strip_whitespace=True, hide_input_in_errors=True,
+                                      env_file_encoding="utf-8")
+
+    token: Annotated[SecretStr, BeforeValidator(_token)] = Field(
+        "", alias="TELEGRAM_BOT_TOKEN", description="the bot's token, from @BotFather")
+    base_url: str = Field(
+        "https://api.telegram.org/bot", alias="TELEGRAM_API_BASE_URL",
+        description="Bot API base URL (PTB `base_url`); set it for a local Bot API server")
+    file_url: str = Field(
+        "https://api.telegram.org/file/bot", alias="TELEGRAM_API_FILE_URL",
+        description="Bot API file URL (PTB `base_file_url`)")
+    home: Annotated[Home, BeforeValidator(Home.from_env)] = Field(
+        "~/.kimchi", alias="KIMCHI_HOME", description="the data folder")
+    admin_ids: UserIds = Field(
+        "", alias="KIMCHI_ADMIN_IDS",
+        description="comma-separated Telegram user ids allowed `/stats`, `/model`, `/retrain`, `/promote`, "
+                    "`/rollback`")
+    device: Annotated[str, _one_of("auto", "cpu", "cuda")] = Field(
+        "auto", alias="KIMCHI_DEVICE", description="`auto`, `cpu` or `cuda`")
+    cpu_runtime: Annotated[str, _one_of(*CPU_RUNTIMES)] = Field(
+        "auto", alias="KIMCHI_CPU_RUNTIME",
+        description="what runs the model on the CPU: `auto` (ONNX Runtime when it can, else torch), `onnx` "
+                    "(required) or `torch`")
+    confidence_threshold: float = Field(
+        "0.6", alias="KIMCHI_CONFIDENCE_THRESHOLD", ge=0, le=1,
+        description="below this, the reply also shows the top 3 and says it is unsure")
+    rate_limit: int = Field(
+        "10", alias="KIMCHI_RATE_LIMIT", ge=0, le=10_000,
+        description="photos per user per minute (`0`: no limit)")
+    action_rate_limit: int = Field(
+        "30", alias="KIMCHI_ACTION_RATE_LIMIT", ge=0, le=10_000,
+        description="commands, button taps and corrections per user per minute (`0`: no limit); admins are "
+                    "exempt")
+    corrections_per_day: int = Field(
+        "200", alias="KIMCHI_CORRECTIONS_PER_DAY", ge=0, le=1_000_000,
+        description="labels per user per 24 hours (`0`: no limit); admins are exempt")
+    correction_policy: Annotated[str, _one_of("open", "trusted", "review", fold=str.lower)] = Field(
+        "trusted", alias="KIMCHI_CORRECTION_POLICY",
+        description="`open` (every label is used), `trusted` (admins, trusted users and two agreeing users "
+                    "decide; the rest waits for `/review`) or `review` (admins only)")
+    trusted_ids: UserIds = Field(
+        "", alias="KIMCHI_TRUSTED_IDS",
+        description="comma-separated Telegram user ids whose labels are used at once")
+    trust_after: int = Field(
+        "20", alias="KIMCHI_TRUST_AFTER", ge=1, le=1_000_000,
+        description="labels decided by an admin or by others' agreement (90% of them accepted; ✅ on the model's "
+                    "answer never counts) after which a user is trusted")
+    agree_min_days: float = Field(
+        "7", alias="KIMCHI_AGREE_MIN_DAYS", ge=0, le=3650,
+        description="days since the bot first saw a user before their label counts towards agreement")
+    agree_min_decided: int = Field(
+        "3", alias="KIMCHI_AGREE_MIN_DECIDED", ge=0, le=1_000_000,
+        description="labels of a user an admin accepted before their label counts towards agreement")
+    user_quota_mb: float = Field(
+        "50", alias="KIMCHI_USER_QUOTA_MB", ge=0, le=1_000_000,
+        description="disk a user's stored photos may take, in MB (admins: no limit); 0 turns it off")
+    ask_margin: float = Field(
+        "0.15", alias="KIMCHI_ASK_MARGIN", ge=0, le=1,
+        description='when the top two probabilities are closer than this, the answer asks "깍두기?" / "총각김치?" '
+                    "with one button each")
+    max_batch: int = Field(
+        "32", alias="KIMCHI_MAX_BATCH", ge=1, le=4096, description="engine: largest micro-batch")
+    max_wait_ms: float = Field(
+        "2", alias="KIMCHI_MAX_WAIT_MS", ge=0, le=10_000,
+        description="engine: how long a decoded photo may wait for companions still being decoded")
+    queue_limit: int = Field(
+        "64", alias="KIMCHI_QUEUE_LIMIT", ge=1, le=1_000_000,
+        description="engine: photos waiting beyond which users are asked to retry")
+    max_pixels: int = Field(
+        "40000000", alias="KIMCHI_MAX_PIXELS", ge=1_000, le=1_000_000_000,
+        description="largest image accepted, in pixels of RGB: an image with alpha or 16-bit channels counts its "
+                    "extra bytes (12-MP phone photos pass); also in labelling mode")
+    correction_window_hours: float = Field(
+        "24", alias="KIMCHI_CORRECTION_WINDOW_HOURS", ge=0, le=24 * 365,
+        description="how far back `/correct` looks for the user's latest photo")
+    train_args: Annotated[tuple[str, ...], BeforeValidator(_train_args)] = Field(
+        "", alias="KIMCHI_TRAIN_ARGS",
+        description="extra `kimchi-train train` recipe flags for `/retrain`, appended to the defaults, e.g. "
+                    "`--preset cpu-fast` or `--arch efficientnet_lite0 --epochs 3`; read at start by the trainer's "
+                    "own parser, so a flag outside the recipe or a bad value stops the bot there")
+    retrain_min_per_class: int = Field(
+        "10", alias="KIMCHI_RETRAIN_MIN_PER_CLASS", ge=1, le=1_000_000,
+        description="`/retrain` leaves out a class with fewer training images (and says so); it refuses only "
+                    "when fewer than two classes remain")
+    promote_tolerance: float = Field(
+        "0", alias="KIMCHI_PROMOTE_TOLERANCE", ge=0, le=1,
+        description="promote when the candidate's macro-F1 ≥ the current one's minus this (holdouts of 50 images "
+                    "or more; a smaller one is compared image by image)")
+    holdout_pct: float = Field(
+        "10", alias="KIMCHI_HOLDOUT_PCT", ge=1, le=50,
+        description="share of images (by a keyed hash, decided once per image) frozen out of training to compare "
+                    "models")
+    promote_class_drop: float = Field(
+        "0.10", alias="KIMCHI_PROMOTE_CLASS_DROP", ge=0, le=1,
+        description="no promotion when any class with at least 5 holdout images loses more F1 than this, even if "
+                    "macro-F1 rose")
+    retrain_audit: Flag = Field(
+        "1", alias="KIMCHI_RETRAIN_AUDIT",
+        description="`1`: `/retrain` first audits the labels with the serving model (`kimchi-train audit`); a "
+                    "user's label it flags goes back to `/review` and sits the run out. `0`: skip")
+    retrain_timeout_min: float = Field(
+        "720", alias="KIMCHI_RETRAIN_TIMEOUT_MIN", ge=1, le=60 * 24 * 7,
+        description="a retrain's trainer still running after this many minutes is stopped (the current model "
+                    "keeps serving)")
+    log_level: Annotated[str, _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper)] = Field(
+        "INFO", alias="KIMCHI_LOG_LEVEL", description="console and `KIMCHI_HOME/logs/kimchi-bot.log`")
+    webhook_url: Annotated[str, BeforeValidator(_webhook_url)] = Field(
+        "", alias="KIMCHI_WEBHOOK_URL",
+        description="webhook mode when set: the public URL Telegram posts to, e.g. "
+                    "`https://bot.example.com/telegram`; its path is the bot's webhook route (see Deploy)")
+    webhook_secret: Annotated[SecretStr, BeforeValidator(_strip)] = Field(
+        "", alias="KIMCHI_WEBHOOK_SECRET",
+        description="required in webhook mode: 1–256 characters of `A-Z a-z 0-9 _ -`; requests without it get 403")
+    listen: Annotated[tuple[str, int] | None, BeforeValidator(_listen)] = Field(
+        "", alias="KIMCHI_LISTEN",  # None: not set (polling serves no HTTP; webhook mode uses DEFAULT_LISTEN)
+        description="`host:port` of the bot's HTTP server (`/healthz`, `/metrics`, the webhook); in webhook mode "
+                    "`127.0.0.1:8080` when unset, in polling mode no server unless set")
+    webhook_max_connections: int = Field(
+        "40", alias="KIMCHI_WEBHOOK_MAX_CONNECTIONS", ge=1, le=100,
+        description="webhook mode: most simultaneous connections Telegram opens (1–100)")
+    drop_pending_updates: Flag = Field(
+        "0", alias="KIMCHI_DROP_PENDING_UPDATES",
+        description="`1`: drop the updates that queued up while the bot was down")
+    http_client: Annotated[str, _one_of(*HTTP_CLIENTS)] = Field(
+        "aiohttp", alias="KIMCHI_HTTP_CLIENT",
+        description="how the bot calls the Bot API: `aiohttp` (about 1.5 ms less per call than httpx on 2 cores, "
+                    "see Speed) or `httpx` (PTB's own client); both honour `HTTPS_PROXY`")
+    local_mode: Flag = Field(
+        "0", alias="TELEGRAM_LOCAL_MODE",
+        description="`1`: the Bot API server is a local `telegram-bot-api --local`; files are read from the path "
+                    "it gives")
+    max_download_mb: int = Field(
+        str(CLOUD_DOWNLOAD_LIMIT_MB), alias="KIMCHI_MAX_DOWNLOAD_MB", ge=1, le=LOCAL_DOWNLOAD_LIMIT_MB,
+        description="largest photo or image file the bot downloads; above 20 only with `TELEGRAM_LOCAL_MODE=1` "
+                    "(up to 2000)")
+    train_gpus: int = Field(
+        "1", alias="KIMCHI_TRAIN_GPUS", ge=1, le=64,
+        description="GPUs `/retrain` trains on (`kimchi-train train --gpus N`)")
+
+    @model_validator(mode="after")
+    def _together(self) -> "Settings":
+        """The webhook's and the Bot API server's variables, which depend on each other."""
+        if self.webhook_url:
+            if self.webhook_path in RESERVED_PATHS:
+                raise ValueError(f"KIMCHI_WEBHOOK_URL's path cannot be {self.webhook_path}: the bot serves its own "
+                                 "page there.")
+            if not WEBHOOK_SECRET_PATTERN.match(self.webhook_secret.get_secret_value()):
+                raise ValueError("KIMCHI_WEBHOOK_SECRET must be set in webhook mode: 1 to 256 characters of A-Z, "
+                                 "a-z, 0-9, _ and -, e.g. from `python -c 'import secrets; "
+                                 "print(secrets.token_urlsafe(32))'`.")
+        if self.max_download_mb > CLOUD_DOWNLOAD_LIMIT_MB and not self.local_mode:
+            raise ValueError(f"KIMCHI_MAX_DOWNLOAD_MB above {CLOUD_DOWNLOAD_LIMIT_MB} needs a local Bot API server "
+                             f"(TELEGRAM_LOCAL_MODE=1): the cloud Bot API serves bots files up to 20 MB.")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, dotenv_settings  # `load` hands the environment in as init values: they win
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> "Settings":
         """Settings from `environ` (default os.environ) over `env_file`; KimchiError names what is wrong."""
-        values = {name: default for name, (default, _) in SETTINGS.items()}
-        if env_file is not None:
-            values.update(read_env_file(env_file))
+        _refuse_unreadable_lines(env_file)
         source = os.environ if environ is None else environ
-        values.update({k: v for k, v in source.items() if k in SETTINGS})
-        token = values["TELEGRAM_BOT_TOKEN"].strip()
-        if not token:
-            raise KimchiError("TELEGRAM_BOT_TOKEN is not set: open Telegram, talk to @BotFather, send /newbot, "
-                              "and put the token it gives you in TELEGRAM_BOT_TOKEN (environment or .env).")
-        if not TOKEN_PATTERN.match(token):
-            raise KimchiError("TELEGRAM_BOT_TOKEN does not look like a bot token (digits, a colon, then 35 or so "
-                              "letters, e.g. 123456789:AAE…); copy it again from @BotFather.")
-        return cls(
-            token=token,
-            base_url=values["TELEGRAM_API_BASE_URL"].strip(),
-            file_url=values["TELEGRAM_API_FILE_URL"].strip(),
-            home=Home.from_env(values["KIMCHI_HOME"]),
-            admin_ids=_ids(values["KIMCHI_ADMIN_IDS"]),
-            device=_choice("KIMCHI_DEVICE", values["KIMCHI_DEVICE"], ("auto", "cpu", "cuda")),
-            cpu_runtime=_choice("KIMCHI_CPU_RUNTIME", values["KIMCHI_CPU_RUNTIME"], CPU_RUNTIMES),
-            http_client=_choice("KIMCHI_HTTP_CLIENT", values["KIMCHI_HTTP_CLIENT"], HTTP_CLIENTS),
-            confidence_threshold=_number("KIMCHI_CONFIDENCE_THRESHOLD", values, float, 0, 1),
-            rate_limit=_number("KIMCHI_RATE_LIMIT", values, int, 0, 10_000),
-            max_batch=_number("KIMCHI_MAX_BATCH", values, int, 1, 4096),
-            max_wait_ms=_number("KIMCHI_MAX_WAIT_MS", values, float, 0, 10_000),
-            queue_limit=_number("KIMCHI_QUEUE_LIMIT", values, int, 1, 1_000_000),
-            max_pixels=_number("KIMCHI_MAX_PIXELS", values, int, 1_000, 1_000_000_000),
-            correction_window_hours=_number("KIMCHI_CORRECTION_WINDOW_HOURS", values, float, 0, 24 * 365),
-            train_args=_train_args(values["KIMCHI_TRAIN_ARGS"]),
-            retrain_min_per_class=_number("KIMCHI_RETRAIN_MIN_PER_CLASS", values, int, 1, 1_000_000),
-            promote_tolerance=_number("KIMCHI_PROMOTE_TOLERANCE", values, float, 0, 1),
-            holdout_pct=_number("KIMCHI_HOLDOUT_PCT", values, float, 1, 50),
-            log_level=_choice("KIMCHI_LOG_LEVEL", values["KIMCHI_LOG_LEVEL"].upper(),
-                              ("DEBUG", "INFO", "WARNING", "ERROR")),
-            correction_policy=_choice("KIMCHI_CORRECTION_POLICY", values["KIMCHI_CORRECTION_POLICY"].lower(),
-                                      ("open", "trusted", "review")),
-            trusted_ids=_ids(values["KIMCHI_TRUSTED_IDS"], "KIMCHI_TRUSTED_IDS"),
-            trust_after=_number("KIMCHI_TRUST_AFTER", values, int, 1, 1_000_000),
-            agree_min_days=_number("KIMCHI_AGREE_MIN_DAYS", values, float, 0, 3650),
-            agree_min_decided=_number("KIMCHI_AGREE_MIN_DECIDED", values, int, 0, 1_000_000),
-            user_quota_mb=_number("KIMCHI_USER_QUOTA_MB", values, float, 0, 1_000_000),
-            ask_margin=_number("KIMCHI_ASK_MARGIN", values, float, 0, 1),
-            action_rate_limit=_number("KIMCHI_ACTION_RATE_LIMIT", values, int, 0, 10_000),
-            corrections_per_day=_number("KIMCHI_CORRECTIONS_PER_DAY", values, int, 0, 1_000_000),
-            promote_class_drop=_number("KIMCHI_PROMOTE_CLASS_DROP", values, float, 0, 1),
-            retrain_timeout_min=_number("KIMCHI_RETRAIN_TIMEOUT_MIN", values, float, 1, 60 * 24 * 7),
-            retrain_audit=_flag("KIMCHI_RETRAIN_AUDIT", values["KIMCHI_RETRAIN_AUDIT"]),
-            **_serving(values),
-        )
+        names = {field.alias for field in cls.model_fields.values()}
+        try:
+            return cls(_env_file=env_file, **{name: value for name, value in source.items() if name in names})
+        except ValidationError as err:
+            raise KimchiError(_sentence(err)) from None
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admin_ids
@@ -213,110 +326,30 @@ class Settings:
         return self.max_download_mb * 1024 * 1024
 
 
-def _ids(raw: str, name: str = "KIMCHI_ADMIN_IDS") -> frozenset[int]:
-    ids = set()
-    for part in raw.replace(" ", "").split(","):
-        if not part:
-            continue
-        if not re.fullmatch(r"-?[0-9]+", part):
-            raise KimchiError(f"{name} must be comma-separated numeric Telegram user ids; '{part}' is not one.")
-        ids.add(int(part))
-    return frozenset(ids)
+def _refuse_unreadable_lines(env_file: Path | None) -> None:
+    """A `.env` line python-dotenv cannot read stops the bot, rather than being skipped with a warning."""
+    if env_file is None or not env_file.is_file():
+        return
+    with env_file.open(encoding="utf-8") as stream:
+        for line in parse_stream(stream):
+            if line.error or (line.key and line.value is None):
+                raise KimchiError(f"{env_file}:{line.original.line} is not a KEY=VALUE line.")
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    value = value.strip()
-    if value not in allowed:
-        raise KimchiError(f"{name} must be one of {', '.join(allowed)}, not '{value}'.")
-    return value
-
-
-def _number(name: str, values: Mapping[str, str], kind: type, low: float, high: float):
-    raw = values[name].strip()
-    try:
-        number = kind(raw)
-    except ValueError:
-        raise KimchiError(f"{name} must be a {'whole ' if kind is int else ''}number, not '{raw}'.") from None
-    if not low <= number <= high:
-        raise KimchiError(f"{name} must lie between {low} and {high}, not {raw}.")
-    return number
-
-
-def _flag(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise KimchiError(f"{name} must be 1 or 0, not '{raw.strip()}'.")
-
-
-def _listen(raw: str) -> tuple[str, int] | None:
-    """`host:port`, `:port` (all interfaces) or `[::1]:port`; empty means not set."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    host, sep, port = raw.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise KimchiError(f"KIMCHI_LISTEN must be host:port, e.g. 127.0.0.1:8080, not '{raw}'.")
-    return host, int(port)
-
-
-def _serving(values: Mapping[str, str]) -> dict:
-    """The webhook, HTTP-server and Bot API server settings, checked together (they depend on each other)."""
-    url = values["KIMCHI_WEBHOOK_URL"].strip()
-    secret = values["KIMCHI_WEBHOOK_SECRET"].strip()
-    if url:
-        parts = urlsplit(url)
-        # The scheme is not policed beyond http(s): Telegram wants HTTPS, a local Bot API server takes HTTP.
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise KimchiError(f"KIMCHI_WEBHOOK_URL must be a full http(s) URL such as https://bot.example.com/telegram, "
-                              f"not '{url}'.")
-        if (parts.path or "/") in RESERVED_PATHS:
-            raise KimchiError(f"KIMCHI_WEBHOOK_URL's path cannot be {parts.path}: the bot serves its own page there.")
-        if not WEBHOOK_SECRET_PATTERN.match(secret):
-            raise KimchiError("KIMCHI_WEBHOOK_SECRET must be set in webhook mode: 1 to 256 characters of A-Z, a-z, 0-9, "
-                              "_ and -, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
-    local_mode = _flag("TELEGRAM_LOCAL_MODE", values["TELEGRAM_LOCAL_MODE"])
-    max_mb = _number("KIMCHI_MAX_DOWNLOAD_MB", values, int, 1, LOCAL_DOWNLOAD_LIMIT_MB)
-    if max_mb > CLOUD_DOWNLOAD_LIMIT_MB and not local_mode:
-        raise KimchiError(f"KIMCHI_MAX_DOWNLOAD_MB above {CLOUD_DOWNLOAD_LIMIT_MB} needs a local Bot API server "
-                          f"(TELEGRAM_LOCAL_MODE=1): the cloud Bot API serves bots files up to 20 MB.")
-    return dict(
-        webhook_url=url,
-        webhook_secret=secret,
-        listen=_listen(values["KIMCHI_LISTEN"]),
-        webhook_max_connections=_number("KIMCHI_WEBHOOK_MAX_CONNECTIONS", values, int, 1, 100),
-        drop_pending_updates=_flag("KIMCHI_DROP_PENDING_UPDATES", values["KIMCHI_DROP_PENDING_UPDATES"]),
-        local_mode=local_mode,
-        max_download_mb=max_mb,
-        train_gpus=_number("KIMCHI_TRAIN_GPUS", values, int, 1, 64),
-    )
-
-
-# What /retrain itself decides: the data folder, where versions go, how progress is read, the holdout.
-RESERVED_TRAIN_FLAGS = ("--holdout", "--models-dir", "--progress", "--report-dir", "--cache", "--home")
-SWITCH_TRAIN_FLAGS = ("--no-pretrained", "--no-normalize")  # the recipe flags that take no value
-
-
-def _train_args(raw: str) -> tuple[str, ...]:
-    """KIMCHI_TRAIN_ARGS: recipe flags only; one that would steer the retrain's own wiring is refused."""
-    try:
-        args = tuple(shlex.split(raw))
-    except ValueError as err:
-        raise KimchiError(f"KIMCHI_TRAIN_ARGS cannot be read ({err}).") from None
-    expects_value = False
-    for arg in args:
-        if expects_value:
-            expects_value = False
-            continue
-        if not arg.startswith("--"):
-            raise KimchiError(f"KIMCHI_TRAIN_ARGS takes --flags and their values only, not '{arg}': /retrain chooses "
-                              "the data folder itself.")
-        name = arg.split("=", 1)[0]
-        if any(flag.startswith(name) for flag in RESERVED_TRAIN_FLAGS):
-            raise KimchiError(f"KIMCHI_TRAIN_ARGS may not set {name}: /retrain sets the holdout, the models folder, "
-                              "the progress format and the data folder itself.")
-        expects_value = "=" not in arg and name not in SWITCH_TRAIN_FLAGS
-    return args
+def _sentence(err: ValidationError) -> str:
+    """pydantic's report of the first bad value as one sentence that starts with the variable's name."""
+    first = err.errors(include_url=False)[0]
+    if not first["loc"]:  # a check across variables words its whole sentence
+        return str(first["ctx"]["error"])
+    name, kind, raw = first["loc"][0], first["type"], str(first["input"]).strip()
+    if kind == "value_error":  # the checks above
+        return f"{name} {first['ctx']['error']}"
+    if kind.startswith("int_"):
+        return f"{name} must be a whole number, not '{raw}'."
+    if kind.startswith("float_"):
+        return f"{name} must be a number, not '{raw}'."
+    if kind in ("greater_than_equal", "less_than_equal"):
+        field = next(f for f in Settings.model_fields.values() if f.alias == name)
+        low, high = (next(getattr(m, bound) for m in field.metadata if hasattr(m, bound)) for bound in ("ge", "le"))
+        return f"{name} must lie between {low} and {high}, not {raw}."
+    return f"{name}: {first['msg']}."

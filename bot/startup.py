@@ -67,7 +67,7 @@ async def check_bot_api(bot: Bot, settings: Settings, *, polling: bool, probe_s:
 async def check_only(settings: Settings) -> User:
     """`kimchi-bot --check`: the same getMe and webhook check, without the probe that would interrupt a
     running instance's long poll."""
-    bot = Bot(settings.token, base_url=settings.base_url, base_file_url=settings.file_url,
+    bot = Bot(settings.token.get_secret_value(), base_url=settings.base_url, base_file_url=settings.file_url,
               local_mode=settings.local_mode,
               request=bot_api_request(settings.http_client))
     me = await check_bot_api(bot, settings, polling=not settings.webhook_mode, probe_s=0)
@@ -151,7 +151,7 @@ def reason(err: BaseException) -> str:
 def _redact(text: str, settings: Settings) -> str:
     """The sentence without the token or the webhook secret (it goes to stderr, past the log's redaction)."""
     for secret, name in ((settings.token, "<token>"), (settings.webhook_secret, "<secret>")):
-        text = text.replace(secret, name) if secret else text
+        text = text.replace(secret.get_secret_value(), name) if secret else text
     return text
 
 
@@ -161,7 +161,7 @@ def _redact(text: str, settings: Settings) -> str:
 async def set_webhook(app: Application, settings: Settings) -> None:
     """Point Telegram at KIMCHI_WEBHOOK_URL, with the secret and the same allowed_updates as polling."""
     try:
-        await app.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret,
+        await app.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret.get_secret_value(),
                                   allowed_updates=ALLOWED_UPDATES, max_connections=settings.webhook_max_connections,
                                   drop_pending_updates=settings.drop_pending_updates)
     except TelegramError as err:

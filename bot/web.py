@@ -78,7 +78,7 @@ def build_web_app(app: Application, settings: Settings, body_timeout: float = BO
 
     routes = [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics_page, methods=["GET"])]
     if settings.webhook_mode:
-        endpoint = webhook_endpoint(app, settings.webhook_secret, metrics, body_timeout)
+        endpoint = webhook_endpoint(app, settings.webhook_secret.get_secret_value(), metrics, body_timeout)
         routes.append(Route(settings.webhook_path, endpoint, methods=["POST"]))
     return Starlette(routes=routes)
 

@@ -18,6 +18,7 @@ from models.errors import KimchiError
 from models.home import Home, private_umask
 from models.logs import setup_logging
 from models.protocol import ErrorEvent, Stage, StageEvent
+from models.recipe_flags import add_recipe_args
 from models.registry import Registry
 from models.types import CPU_RUNTIMES
 
@@ -26,39 +27,6 @@ log = logging.getLogger("training.cli")
 
 # ---------------------------------------------------------------------------------------------
 # shared flags
-
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """The recipe's flags; defaults live in training.recipe.Recipe, so None here means 'default'."""
-    from training.config import PRESETS
-
-    g = p.add_argument_group("recipe (defaults: the blog's)")
-    g.add_argument("--preset", choices=list(PRESETS), default="blog",
-                   help="; ".join(f"{name}: {about}" for name, (about, _) in PRESETS.items())
-                   + ". Flags given beside it win")
-    g.add_argument("--arch", help="resnet18 (default), resnet34, resnet50, efficientnet_v2_s, efficientnet_lite0")
-    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                   help="start from random weights")
-    g.add_argument("--weights", metavar="PATH", help="ImageNet weights file for the arch (offline use)")
-    g.add_argument("--epochs", type=int, help="fine_tune epochs after the frozen ones (5)")
-    g.add_argument("--freeze-epochs", type=int, help="epochs with the body frozen (1)")
-    g.add_argument("--base-lr", type=float, help="fine_tune base_lr (2e-3)")
-    g.add_argument("--pct-start", type=float, help="fine_tune pct_start (0.3)")
-    g.add_argument("--cycles", type=int, help="extra fit_one_cycle epochs after fine_tune (0)")
-    g.add_argument("--lr-max", type=float, help="lr_max of those cycles (1e-4)")
-    g.add_argument("--size", type=int, help="aug_transforms size (224)")
-    g.add_argument("--presize", type=int, help="Resize item_tfms size (460)")
-    g.add_argument("--min-scale", type=float, help="aug_transforms min_scale (0.75)")
-    g.add_argument("--bs", type=int, help="batch size (64)")
-    g.add_argument("--valid-pct", type=float, help="RandomSplitter valid_pct (0.2)")
-    g.add_argument("--seed", type=int, help="RandomSplitter seed (42)")
-    g.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
-                   help="auto (default): bf16 on a GPU that has it, none on the CPU")
-    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="auto (default): on for CUDA")
-    g.add_argument("--early-stop", type=int, metavar="N", help="stop after N epochs without a better valid loss")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default)")
-    g.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
-
 
 def recipe_from_args(args: argparse.Namespace):
     from training.config import Recipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from models.errors import KimchiError
+from models.recipe_flags import PRESETS
 
 
 @dataclass
@@ -84,15 +85,3 @@ class Recipe:
         from models.archs import get_spec
 
         return get_spec(self.arch).stats
-
-
-# Named recipes, for `--preset NAME` (flags given beside a preset still win) and KIMCHI_TRAIN_ARGS.
-# name -> (what it is for, the fields it changes). The README's "CPU retrain" table has their measured
-# time and accuracy (bench/retrain_bench.py --mode bot).
-PRESETS: dict[str, tuple[str, dict[str, object]]] = {
-    "blog": ("the blog's recipe: resnet18, Resize(460), 224 px, fine_tune(5, freeze_epochs=1)", {}),
-    "cpu-fast": ("a retrain a CPU box finishes while you wait: efficientnet_lite0 (ImageNet weights bundled), "
-                 "Resize(192), 160 px, fine_tune(2, freeze_epochs=1)",
-                 {"arch": "efficientnet_lite0", "presize": 192, "size": 160, "epochs": 2, "freeze_epochs": 1,
-                  "bs": 32}),
-}
