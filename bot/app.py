@@ -33,7 +33,7 @@ from bot.startup import check_only, run
 from bot.store import Store
 from bot.supervisor import RetrainSupervisor
 from bot.texts import EN, KO, command_menu
-from bot.trust import Ledger
+from bot.ledger import Ledger
 from models.engine import Classifier, EngineConfig
 from models.errors import KimchiError
 from models.home import private_umask
@@ -73,7 +73,7 @@ def build_application(settings: Settings) -> Application:
     # PTB's default is one connection for all Bot API calls: with concurrent updates, every getFile,
     # download and sendMessage would queue behind one another. The long poll keeps its own one.
     app = (ApplicationBuilder()
-           .token(settings.token)
+           .token(settings.token.get_secret_value())
            .base_url(settings.base_url)
            .base_file_url(settings.file_url)
            .local_mode(settings.local_mode)  # a local Bot API server: files are read from the path it gives
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kimchi-bot: {err}", file=sys.stderr)
         return 2
     setup_logging(settings.home.logs / "kimchi-bot.log", getattr(logging, settings.log_level),
-                  secrets=(settings.token, settings.webhook_secret))
+                  secrets=(settings.token.get_secret_value(), settings.webhook_secret.get_secret_value()))
     warn_if_readable(Path(args.env_file))
     try:
         engine = build_engine(settings)  # fail here, before polling, on a damaged model

@@ -46,6 +46,11 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
+def photo_bytes(class_index: int, seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A photo as the bot tests send one: `draw` as a JPEG of quality 90."""
+    return encode(draw(class_index, size, seed=seed), "JPEG", quality=90)
+
+
 def make_dataset(root: Path, classes: Sequence[str] | int = 3, per_class: int = 12, size: tuple[int, int] = (96, 72),
                  seed: int = 0, fmt: str = "JPEG") -> dict[str, list[Path]]:
     """root/<class>/img_NNN.jpg for the first `classes` kimchi names (or the names given)."""

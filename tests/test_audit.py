@@ -15,12 +15,14 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from models.embed import DEFAULT_DUPLICATE_THRESHOLD, embeddings, near_duplicate_groups
 from models.labels import CLASS_NAMES
+from tests.botkit import refused
 from tests.conftest import SESSION_CLASSES
 from tests.imagegen import _COLOURS, _SHAPES, encode, make_dataset
 from training.audit import LABEL, collect_items, run_audit
 from training.cli import main
 
 PER_CLASS = 50
+AUDIT = "kimchi-train audit:"  # how its one sentence starts
 FLIPS = 20
 
 
@@ -149,26 +151,16 @@ def test_groups_are_transitive_and_numbered_in_order():
     assert near_duplicate_groups(np.zeros((0, 2), np.float32), 0.99) == []
 
 
-def _one_sentence(capsys, argv, *needles) -> str:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.startswith("kimchi-train audit:")]
-    assert rc != 0 and "Traceback" not in err and len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_bad_input_is_one_sentence(home, tmp_path, capsys):
     make_dataset(tmp_path / "two", classes=2, per_class=3, size=(48, 40))
-    _one_sentence(capsys, ["audit", str(tmp_path / "two"), "--folds", "2"], "No model")
+    refused(capsys, main, ["audit", str(tmp_path / "two"), "--folds", "2"], "No model", program=AUDIT)
     (tmp_path / "empty").mkdir()
-    _one_sentence(capsys, ["audit", str(tmp_path / "empty")], "no images")
-    _one_sentence(capsys, ["audit", str(tmp_path / "nowhere")], "not a folder")
-    _one_sentence(capsys, ["audit"], "not a folder")  # KIMCHI_HOME/data/base does not exist yet
+    refused(capsys, main, ["audit", str(tmp_path / "empty")], "no images", program=AUDIT)
+    refused(capsys, main, ["audit", str(tmp_path / "nowhere")], "not a folder", program=AUDIT)
+    refused(capsys, main, ["audit"], "not a folder", program=AUDIT)  # KIMCHI_HOME/data/base does not exist yet
     make_dataset(tmp_path / "one", classes=1, per_class=6, size=(48, 40))
-    _one_sentence(capsys, ["audit", str(tmp_path / "one")], "one label")
+    refused(capsys, main, ["audit", str(tmp_path / "one")], "one label", program=AUDIT)
     make_dataset(tmp_path / "four", classes=2, per_class=2, size=(48, 40))
-    _one_sentence(capsys, ["audit", str(tmp_path / "four")], "at least 5 images for 5 folds")
-    _one_sentence(capsys, ["audit", str(tmp_path / "two")], "No class", "--folds 3")
-    _one_sentence(capsys, ["audit", str(tmp_path / "two"), "--folds", "1"], "at least 2")
+    refused(capsys, main, ["audit", str(tmp_path / "four")], "at least 5 images for 5 folds", program=AUDIT)
+    refused(capsys, main, ["audit", str(tmp_path / "two")], "No class", "--folds 3", program=AUDIT)
+    refused(capsys, main, ["audit", str(tmp_path / "two"), "--folds", "1"], "at least 2", program=AUDIT)

@@ -11,14 +11,10 @@ from PIL import Image
 from bot.app import main as bot_main
 from models.labels import CLASS_NAMES
 from tests.botkit import ADMIN, TOKEN, buttons, rows, running_bot, spawn_bot
-from tests.imagegen import draw, encode
+from tests.imagegen import draw, encode, photo_bytes
 from tests.telegram_fake import user
 
 PERCENT = re.compile(r"\d+%")
-
-
-def photo_bytes(cls: int, seed: int = 0) -> bytes:
-    return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
 
 
 async def test_photo_gets_label_confidence_and_keyboard(trained_copy, fake):

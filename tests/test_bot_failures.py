@@ -2,12 +2,8 @@
 
 from models import engine as engine_module
 from tests.botkit import buttons, rows, running_bot
-from tests.imagegen import draw, encode
+from tests.imagegen import photo_bytes
 from tests.telegram_fake import user
-
-
-def photo_bytes(cls: int, seed: int = 0) -> bytes:
-    return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
 
 
 async def test_a_failed_download_is_one_sentence_and_nothing_is_stored(trained_copy, fake):
@@ -21,7 +17,7 @@ async def test_a_failed_download_is_one_sentence_and_nothing_is_stored(trained_c
 
 async def test_a_crashed_batch_is_one_sentence_and_the_next_photo_is_answered(trained_copy, fake, monkeypatch):
     """As a CUDA out-of-memory error would: the batch fails, the worker carries on."""
-    real_run, crashes = engine_module._Runner.run, []
+    real_run, crashes = engine_module.Runner.run, []
 
     def crash_once(self, prepared, **kwargs):
         if not crashes:
@@ -29,7 +25,7 @@ async def test_a_crashed_batch_is_one_sentence_and_the_next_photo_is_answered(tr
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_run(self, prepared, **kwargs)
 
-    monkeypatch.setattr(engine_module._Runner, "run", crash_once)
+    monkeypatch.setattr(engine_module.Runner, "run", crash_once)
     erin = user(2002, "en")
     async with running_bot(trained_copy.home, fake):
         first = await fake.reply_to(await fake.send_photo(erin, photo_bytes(0, 2)))

@@ -13,7 +13,7 @@ from bot.botapi import AiohttpRequest
 from bot.settings import Settings
 from bot.startup import reason
 from models.errors import KimchiError
-from tests.botkit import TOKEN, bot_env
+from tests.botkit import TOKEN, bot_env, until
 from tests.imagegen import draw, encode
 
 
@@ -121,7 +121,7 @@ async def test_the_overall_budget_goes_by_turns_and_a_call_given_up_passes_its_t
         b = asyncio.create_task(bot.send_message(1, "b"))
         c = asyncio.create_task(bot.send_message(1, "c"))
         d = asyncio.create_task(bot.send_message(2, "d"))
-        await asyncio.sleep(0.05)
+        await until(lambda: sum(map(len, limiter._waiting.values())) == 3, "b, c and d waiting for their turns")
         b.cancel()  # its chat's next call takes its place in the ring; d, the other chat, comes first
         await asyncio.gather(c, d)
         with pytest.raises(asyncio.CancelledError):

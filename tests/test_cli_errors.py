@@ -4,44 +4,34 @@ import sys
 import urllib.error
 
 from models.registry import Registry
+from tests.botkit import refused
 from tests.imagegen import make_dataset
 from training.cli import main
 
 TINY = ["--size", "32", "--presize", "40", "--epochs", "1", "--freeze-epochs", "0", "--bs", "4", "--workers", "0"]
 
 
-def _fails(capsys, argv, *needles):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc != 0
-    assert "Traceback" not in err
-    lines = [l for l in err.strip().splitlines() if l.startswith("kimchi-train")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_wrong_path_empty_and_single_class_folders(home, tmp_path, capsys):
-    _fails(capsys, ["train", str(tmp_path / "nowhere"), *TINY], "does not exist")
+    refused(capsys, main, ["train", str(tmp_path / "nowhere"), *TINY], "does not exist")
     (tmp_path / "empty").mkdir()
-    _fails(capsys, ["train", str(tmp_path / "empty"), *TINY], "holds no images")
+    refused(capsys, main, ["train", str(tmp_path / "empty"), *TINY], "holds no images")
     make_dataset(tmp_path / "one", classes=1, per_class=3)
-    _fails(capsys, ["train", str(tmp_path / "one"), *TINY], "only one class")
-    _fails(capsys, ["import", str(tmp_path / "empty")], "no class folders")
-    _fails(capsys, ["import", str(tmp_path / "nowhere")], "does not exist")
-    _fails(capsys, ["predict", str(tmp_path / "empty")], "No images found")
+    refused(capsys, main, ["train", str(tmp_path / "one"), *TINY], "only one class")
+    refused(capsys, main, ["import", str(tmp_path / "empty")], "no class folders")
+    refused(capsys, main, ["import", str(tmp_path / "nowhere")], "does not exist")
+    refused(capsys, main, ["predict", str(tmp_path / "empty")], "No images found")
     assert not Registry(home.models).versions()
 
 
 def test_unknown_arch_and_bad_values(home, tmp_path, capsys, monkeypatch):
     make_dataset(tmp_path / "d", classes=2, per_class=3)
-    _fails(capsys, ["train", str(tmp_path / "d"), "--arch", "vgg99", *TINY], "Unknown architecture 'vgg99'", "resnet18")
-    _fails(capsys, ["train", str(tmp_path / "d"), "--valid-pct", "1.5", *TINY], "valid_pct")
+    refused(capsys, main, ["train", str(tmp_path / "d"), "--arch", "vgg99", *TINY], "Unknown architecture 'vgg99'",
+            "resnet18")
+    refused(capsys, main, ["train", str(tmp_path / "d"), "--valid-pct", "1.5", *TINY], "valid_pct")
     monkeypatch.setenv("KIMCHI_CPU_RUNTIME", "tensorrt")  # the holdout scoring's runtime: said before training
     (tmp_path / "holdout.jsonl").write_text("", encoding="utf-8")
-    _fails(capsys, ["train", str(tmp_path / "d"), "--holdout", str(tmp_path / "holdout.jsonl"), *TINY],
-           "KIMCHI_CPU_RUNTIME", "tensorrt")
+    refused(capsys, main, ["train", str(tmp_path / "d"), "--holdout", str(tmp_path / "holdout.jsonl"), *TINY],
+            "KIMCHI_CPU_RUNTIME", "tensorrt")
     assert not Registry(home.models).versions()
 
 
@@ -53,10 +43,11 @@ def test_offline_without_weights_says_what_to_pass(home, tmp_path, capsys, monke
 
     monkeypatch.setattr(weights_api, "load_state_dict_from_url", offline)
     make_dataset(tmp_path / "d", classes=2, per_class=3)
-    line = _fails(capsys, ["train", str(tmp_path / "d"), "--arch", "resnet18", *TINY], "--weights PATH",
-                  "efficientnet_lite0", "--no-pretrained")
+    line = refused(capsys, main, ["train", str(tmp_path / "d"), "--arch", "resnet18", *TINY], "--weights PATH",
+                   "efficientnet_lite0", "--no-pretrained")
     assert "ImageNet weights for resnet18" in line
-    _fails(capsys, ["train", str(tmp_path / "d"), "--weights", str(tmp_path / "missing.pth"), *TINY], "does not exist")
+    refused(capsys, main, ["train", str(tmp_path / "d"), "--weights", str(tmp_path / "missing.pth"), *TINY],
+            "does not exist")
     assert not Registry(home.models).versions()
 
 
@@ -78,12 +69,12 @@ def test_corrupt_model_directory_and_unknown_versions(trained_copy, capsys, tmp_
     from tests.imagegen import draw
 
     draw(0).save(photo)
-    _fails(capsys, ["predict", str(photo)], "damaged")
+    refused(capsys, main, ["predict", str(photo)], "damaged")
     (reg.path("v1") / "meta.json").write_text("{oops", encoding="utf-8")
-    _fails(capsys, ["predict", str(photo)], "not a valid model description")
-    _fails(capsys, ["promote", "v9"], "no complete model version 'v9'")
-    _fails(capsys, ["evaluate", "v9", str(trained_copy.data)], "v9")
-    _fails(capsys, ["rollback"], "no earlier version")
+    refused(capsys, main, ["predict", str(photo)], "not a valid model description")
+    refused(capsys, main, ["promote", "v9"], "no complete model version 'v9'")
+    refused(capsys, main, ["evaluate", "v9", str(trained_copy.data)], "v9")
+    refused(capsys, main, ["rollback"], "no earlier version")
 
 
 def test_console_script_reports_one_sentence(tmp_path):

@@ -9,28 +9,18 @@ import time
 
 from bot.app import main as bot_main
 from models.artifact import WEIGHTS
-from tests.botkit import ADMIN, ROOT, TOKEN, bot_env, rows, running_bot, spawn_bot, stop_bot
-from tests.imagegen import draw, encode
+from tests.botkit import ADMIN, ROOT, TOKEN, answered, bot_env, rows, running_bot, spawn_bot, stop_bot
+from tests.imagegen import photo_bytes
 from tests.modelkit import publish_relabelled
 from tests.telegram_fake import user
 
 INVALID = "This button is no longer valid."
 
 
-def photo_bytes(cls: int, seed: int = 0) -> bytes:
-    return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
-
-
-async def answered_photo(fake, who, seed, **kw):
-    sent = await fake.send_photo(who, photo_bytes(0, seed), **kw)
-    answer = await fake.reply_to(sent)
-    return sent, fake.messages[(sent["chat"]["id"], answer.result["message_id"])]
-
-
 async def test_a_long_correction_is_refused_unread_and_others_are_not_held_up(trained_copy, fake):
     mallory, bob = user(3001, "en"), user(3002, "en")
     async with running_bot(trained_copy.home, fake):
-        await answered_photo(fake, mallory, 1)
+        await answered(fake, mallory, photo_bytes(0, 1))
         floods = [await fake.send_text(mallory, "/correct " + "깍" * 4000) for _ in range(3)]
         await fake.send_text(bob, "/start")
         greeting = (await fake.wait_for(lambda c: c.method == "sendMessage" and int(c.params["chat_id"]) == bob["id"]))[0]
@@ -50,8 +40,8 @@ async def test_channel_posts_are_ignored_and_a_senderless_photo_is_only_an_admin
         await fake._push("channel_post", {"message_id": 1, "date": int(time.time()), "chat": channel,
                                           "sender_chat": channel, "photo": []})
         # in a group, posted on behalf of the linked channel: no user of its own
-        sent, answer = await answered_photo(fake, {**user(136817688, "en"), "is_bot": True}, 2, chat_id=group,
-                                            sender_chat=channel)
+        sent, answer, _ = await answered(fake, {**user(136817688, "en"), "is_bot": True}, photo_bytes(0, 2),
+                                         chat_id=group, sender_chat=channel)
         await fake.tap(stranger, answer, f"set:{sent['message_id']}:4")
         refused = (await fake.wait_for(lambda c: c.method == "answerCallbackQuery"))[0]
         await fake.tap(admin, answer, f"set:{sent['message_id']}:4")
@@ -83,7 +73,7 @@ FORGED = ["ok:²", "ok:99999999999", "set:1:99", "fix:1:2", "x:1", "ok:-1", "set
 async def test_forged_callback_data_is_one_short_answer(trained_copy, fake, caplog):
     eve = user(3004, "en")
     async with running_bot(trained_copy.home, fake):
-        _, answer = await answered_photo(fake, eve, 3)
+        _, answer, _ = await answered(fake, eve, photo_bytes(0, 3))
         for data in FORGED:
             await fake.tap(eve, answer, data)
         replies = await fake.wait_for(lambda c: c.method == "answerCallbackQuery", count=len(FORGED))
@@ -96,8 +86,8 @@ async def test_forged_callback_data_is_one_short_answer(trained_copy, fake, capl
 async def test_a_flood_of_taps_is_budgeted_and_another_users_correction_goes_through(trained_copy, fake):
     flooder, other = user(3005, "en"), user(3006, "en")
     async with running_bot(trained_copy.home, fake, KIMCHI_ACTION_RATE_LIMIT="10"):
-        sent, answer = await answered_photo(fake, flooder, 4)
-        mine, _ = await answered_photo(fake, other, 5)
+        sent, answer, _ = await answered(fake, flooder, photo_bytes(0, 4))
+        mine, _, _ = await answered(fake, other, photo_bytes(0, 5))
         for i in range(40):
             await fake.tap(flooder, answer, f"set:{sent['message_id']}:{i % 11}")
         started = time.monotonic()
@@ -139,7 +129,7 @@ async def test_promoting_a_damaged_version_moves_nothing_and_the_bot_can_restart
         await fake.send_text(admin, f"/promote {good}")
         await fake.send_text(admin, "/promote v1")
         await fake.wait_for(lambda c: "now serves" in c.params.get("text", ""), count=2)
-        await answered_photo(fake, user(3007, "en"), 6)
+        await answered(fake, user(3007, "en"), photo_bytes(0, 6))
     assert f"{broken}" in refused.params["text"] and "v1 keeps serving" in refused.params["text"]
     served = rows(trained_copy.home, "SELECT model_version FROM predictions")[0][0]
     assert served == registry.current()  # what is served is what `current` names, after racing promotes
@@ -157,7 +147,7 @@ async def test_two_promotes_at_once_leave_served_equal_to_current(trained_copy, 
     async with running_bot(trained_copy.home, fake):
         await asyncio.gather(fake.send_text(admin, f"/promote {v2}"), fake.send_text(admin, f"/promote {v3}"))
         await fake.wait_for(lambda c: "now serves" in c.params.get("text", ""), count=2)
-        await answered_photo(fake, user(3008, "en"), 7)
+        await answered(fake, user(3008, "en"), photo_bytes(0, 7))
     assert rows(trained_copy.home, "SELECT model_version FROM predictions")[0][0] == registry.current()
 
 
@@ -165,7 +155,7 @@ async def test_a_crash_between_the_correction_file_and_its_row_is_reconciled_at_
     """What kill -9 after the file's rename and before the row's commit leaves behind, and the reverse."""
     home, gus = trained_copy.home, user(3009, "en")
     async with running_bot(home, fake):
-        sent, _ = await answered_photo(fake, gus, 8)
+        sent, _, _ = await answered(fake, gus, photo_bytes(0, 8))
         await fake.reply_to(await fake.send_text(gus, "/correct 갓김치", reply_to=sent))
     (row,) = rows(home, "SELECT path FROM corrections")
     orphan = home.corrections / "백김치" / ("0" * 64 + ".jpg")  # renamed into place, its row never committed

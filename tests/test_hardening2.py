@@ -9,25 +9,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bot.store import STORED_LONG_SIDE, STORED_SHORT_SIDE, Correction, PredictionRecord, Store
+from bot.photos import STORED_LONG_SIDE, STORED_SHORT_SIDE
+from bot.store import Correction, PredictionRecord, Store
 from models.corpus import corpus_rows
-from tests.botkit import ADMIN, buttons, rows, running_bot
-from tests.imagegen import draw, encode
+from tests.botkit import ADMIN, answered, buttons, rows, running_bot
+from tests.imagegen import draw, encode, photo_bytes
 from tests.telegram_fake import user
 from training.cli import main as train_main
 
 INVALID = "This button is no longer valid."
 LOOSE = dict(KIMCHI_ACTION_RATE_LIMIT="0", KIMCHI_CORRECTIONS_PER_DAY="0")
-
-
-def photo_bytes(cls: int, seed: int, size=(160, 120)) -> bytes:
-    return encode(draw(cls, size, seed=seed), "JPEG", quality=90)
-
-
-async def answered(fake, who, data):
-    sent = await fake.send_photo(who, data)
-    answer = await fake.reply_to(sent)
-    return sent, fake.messages[(sent["chat"]["id"], answer.result["message_id"])], answer
+SMALL = (160, 120)  # the photos users send here
 
 
 def labels_of(home, user_id):
@@ -41,7 +33,7 @@ async def test_a_quick_second_label_wins_over_a_slow_first(trained_copy, fake):
     home, ann = trained_copy.home, user(5001, "en")
     async with running_bot(home, fake, **LOOSE) as app:
         photos = app.bot_data["services"].photos
-        sent, answer, _ = await answered(fake, ann, photo_bytes(0, 1))
+        sent, answer, _ = await answered(fake, ann, photo_bytes(0, 1, SMALL))
         photos._items.clear()  # evicted from the cache: the first label downloads again, slowly
         fake.download_delays[sent["photo"][-1]["file_id"]] = 0.6
         first = await fake.send_text(ann, "/correct 깍두기", reply_to=answer)
@@ -53,7 +45,7 @@ async def test_a_quick_second_label_wins_over_a_slow_first(trained_copy, fake):
         assert files == ["총각김치"]
         assert "깍두기" in said[0] and "→ 총각김치" in said[1]
 
-        sent, answer, _ = await answered(fake, ann, photo_bytes(1, 2))
+        sent, answer, _ = await answered(fake, ann, photo_bytes(1, 2, SMALL))
         photos._items.clear()
         fake.download_delays[sent["photo"][-1]["file_id"]] = 0.6
         await fake.tap(ann, answer, f"set:{sent['message_id']}:4")   # 깍두기
@@ -61,7 +53,7 @@ async def test_a_quick_second_label_wins_over_a_slow_first(trained_copy, fake):
         await fake.tap(ann, answer, f"set:{sent['message_id']}:10")  # 총각김치
         await fake.wait_for(lambda c: c.method == "editMessageText", count=2)
         assert labels_of(home, ann["id"])[1] == ("총각김치", "accepted")
-    sha = hashlib.sha256(photo_bytes(1, 2)).hexdigest()
+    sha = hashlib.sha256(photo_bytes(1, 2, SMALL)).hexdigest()
     assert sorted(p.parent.name for p in home.corrections.glob(f"*/{sha}.jpg")) == ["총각김치"]
 
 
@@ -70,7 +62,7 @@ async def test_an_older_update_never_replaces_a_newer_label(home, tmp_path):
     refused as stale."""
     store = await Store.open(home.database, home.corrections)
     try:
-        data = photo_bytes(2, 3)
+        data = photo_bytes(2, 3, SMALL)
         p = await store.record_prediction(PredictionRecord(1, 7, 10, "f", "uf", hashlib.sha256(data).hexdigest(),
                                                            "배추김치", 0.9))
         newer = await store.save_correction(Correction(p, "총각김치", 7, 12, update_seq=20), data)
@@ -125,12 +117,12 @@ async def test_a_tap_flood_on_a_huge_png_does_not_hold_up_another_users_label(tr
     huge = Image.fromarray(np.tile(rng.integers(0, 255, (1, 6000, 3), dtype=np.uint8), (6000, 1, 1)))
     png = encode(huge, "PNG", compress_level=1)
     async with running_bot(home, fake, **LOOSE, KIMCHI_MAX_DOWNLOAD_MB="20"):
-        _, bob_answer, _ = await answered(fake, bob, photo_bytes(0, 4))
+        _, bob_answer, _ = await answered(fake, bob, photo_bytes(0, 4, SMALL))
         sent = await fake.send_document(mallory, png, "image/png", "big.png")
         answer = fake.messages[(mallory["id"], (await fake.reply_to(sent, timeout=60)).result["message_id"])]
         for i in range(40):
             await fake.tap(mallory, answer, f"set:{sent['message_id']}:{i % 11}")
-        await asyncio.sleep(0.3)  # the flood is under way
+        await fake.wait_for(lambda c: c.method == "answerCallbackQuery")  # the first tap's decode is under way
         started = time.monotonic()
         fix = await fake.send_text(bob, "/correct 깍두기", reply_to=bob_answer)
         saved = await fake.reply_to(fix, timeout=60)
@@ -161,7 +153,7 @@ async def test_two_fresh_accounts_cannot_farm_trust_and_poison_the_data(trained_
                 await fake.wait_for(lambda c: c.method == "editMessageText", count=taps)
         for n, who in enumerate(sybils):
             for i in range(20):
-                sent, answer, _ = await answered(fake, who, photo_bytes(0, 300 + 20 * n + i))
+                sent, answer, _ = await answered(fake, who, photo_bytes(0, 300 + 20 * n + i, SMALL))
                 await fake.tap(who, answer, f"set:{sent['message_id']}:4")  # 배추김치-like photos, "깍두기"
                 taps += 1
                 await fake.wait_for(lambda c: c.method == "editMessageText", count=taps)
@@ -177,7 +169,7 @@ async def test_decisions_stick_block_rejections_flags_and_ab_answers(trained_cop
     async with running_bot(home, fake, **LOOSE, KIMCHI_CORRECTION_POLICY="trusted") as app:
         ledger = app.bot_data["services"].ledger
         # an admin rejects carl's label; carl taps it again: still rejected, and he is told so
-        sent, answer, _ = await answered(fake, carl, photo_bytes(0, 21))
+        sent, answer, _ = await answered(fake, carl, photo_bytes(0, 21, SMALL))
         await fake.tap(carl, answer, f"set:{sent['message_id']}:6")
         await fake.wait_for(lambda c: c.method == "editMessageText")
         (row_id,) = rows(home, "SELECT id FROM corrections WHERE user_id=?", (carl["id"],))[0]
@@ -194,12 +186,12 @@ async def test_decisions_stick_block_rejections_flags_and_ab_answers(trained_cop
             ("pending", "relabelled by its author after an admin rejected their label")
 
         # an audit flag is cleared by an admin only: dora's accepted label, flagged, re-tapped: still pending
-        sent, answer, _ = await answered(fake, dora, photo_bytes(0, 22))
+        sent, answer, _ = await answered(fake, dora, photo_bytes(0, 22, SMALL))
         await fake.send_text(admin, "/trust 5302")
         await fake.wait_for(lambda c: c.method == "sendMessage" and "trusted" in c.params.get("text", ""))
         await fake.tap(dora, answer, f"set:{sent['message_id']}:5")
         await fake.wait_for(lambda c: c.method == "editMessageText", count=5)
-        sha = hashlib.sha256(photo_bytes(0, 22)).hexdigest()
+        sha = hashlib.sha256(photo_bytes(0, 22, SMALL)).hexdigest()
         assert await ledger.flag({sha: "audit: likely 배추김치"}) == 1
         await fake.tap(dora, answer, f"set:{sent['message_id']}:5")
         await fake.wait_for(lambda c: c.method == "editMessageText", count=6)
@@ -207,11 +199,11 @@ async def test_decisions_stick_block_rejections_flags_and_ab_answers(trained_cop
         assert flagged["status"] == "pending" and flagged["audit_flag"] == "audit: likely 배추김치"
 
         # /block rejects all of dora's labels, accepted ones too; /unblock brings none back
-        sent, answer, _ = await answered(fake, dora, photo_bytes(0, 23))
+        sent, answer, _ = await answered(fake, dora, photo_bytes(0, 23, SMALL))
         await fake.tap(dora, answer, f"set:{sent['message_id']}:7")
         await fake.wait_for(lambda c: c.method == "editMessageText", count=7)
         assert ("백김치", "accepted") in labels_of(home, dora["id"])
-        sent, answer, _ = await answered(fake, admin, photo_bytes(0, 24))  # one label the export keeps
+        sent, answer, _ = await answered(fake, admin, photo_bytes(0, 24, SMALL))  # one label the export keeps
         await fake.tap(admin, answer, f"set:{sent['message_id']}:3")
         await fake.wait_for(lambda c: c.method == "editMessageText", count=8)
         await fake.send_text(admin, "/block 5302")
@@ -229,7 +221,7 @@ async def test_decisions_stick_block_rejections_flags_and_ab_answers(trained_cop
 async def test_an_ab_answer_takes_only_its_two_classes(trained_copy, fake):
     home, eve = trained_copy.home, user(5401, "en")
     async with running_bot(home, fake, **LOOSE, KIMCHI_ASK_MARGIN="1.0", KIMCHI_CORRECTION_POLICY="open"):
-        sent, answer, reply = await answered(fake, eve, photo_bytes(0, 31))
+        sent, answer, reply = await answered(fake, eve, photo_bytes(0, 31, SMALL))
         offered = [b["callback_data"] for b in buttons(reply)[0]]
         assert all(o.startswith("ask:") for o in offered)
         others = {f"ask:{sent['message_id']}:{i}" for i in range(11)} - set(offered)

@@ -11,12 +11,13 @@ from pathlib import Path
 from models.artifact import LEARNER, read_meta
 from models.home import Home
 from models.registry import Registry
-from tests.botkit import ROOT, TOKEN, bot_env, buttons, rows, stop_bot
-from tests.imagegen import draw, encode
+from tests.botkit import ROOT, TOKEN, bot_env, buttons, one_sentence, rows, stop_bot
+from tests.imagegen import photo_bytes
 from tests.telegram_fake import user
 from training.cli import main
 
 SECRET = "hunter2-not-for-pickles"
+IMPORT_MODEL = "kimchi-train import-model: "  # how its one sentence starts
 
 
 class ReadsTheEnvironment:
@@ -34,13 +35,6 @@ def evil_pickle(tmp_path: Path) -> tuple[Path, Path]:
     path = tmp_path / "identifying_Kimchi_model.pkl"
     path.write_bytes(pickle.dumps(ReadsTheEnvironment(seen)))
     return path, seen
-
-
-def the_sentence(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("kimchi-train import-model: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def loose_modes(root: Path) -> list[str]:
@@ -68,7 +62,7 @@ def test_the_pickle_runs_without_the_token_or_any_kimchi_setting(home, tmp_path,
     environ = json.loads(seen.read_text())
     assert "PATH" in environ and not [k for k in environ if k.startswith(("TELEGRAM_", "KIMCHI_"))], sorted(environ)
     assert not [k for k, v in environ.items() if TOKEN in v or SECRET in v or "424242" in v]
-    assert rc == 1 and pkl.name in the_sentence(err)  # not a learner: refused in one sentence
+    assert rc == 1 and pkl.name in one_sentence(err, IMPORT_MODEL)  # not a learner: refused in one sentence
     assert "runs the code in it" in err and err.index("runs the code") < err.index("kimchi-train import-model:")
     assert Registry(home.models).versions() == [] and not list(home.models.glob(".staging-*"))
 
@@ -76,7 +70,7 @@ def test_the_pickle_runs_without_the_token_or_any_kimchi_setting(home, tmp_path,
 def test_without_trust_pickle_nothing_is_loaded(home, tmp_path, capsys):
     pkl, seen = evil_pickle(tmp_path)
     assert main(["import-model", str(pkl)]) == 1
-    sentence = the_sentence(capsys.readouterr().err)
+    sentence = one_sentence(capsys.readouterr().err, IMPORT_MODEL)
     assert "runs whatever code" in sentence and "--trust-pickle" in sentence and sentence.count(". ") == 0
     assert not seen.exists()
     assert Registry(home.models).versions() == []
@@ -136,7 +130,7 @@ async def test_the_bot_leaves_nothing_readable_by_others_under_umask_022(fake, t
                                    stderr=subprocess.STDOUT, preexec_fn=umask_022)
     try:
         gina = user(1108, "ko")
-        sent = await fake.send_photo(gina, encode(draw(4, (320, 240), seed=12), "JPEG", quality=90))
+        sent = await fake.send_photo(gina, photo_bytes(4, 12))
         answer = await fake.reply_to(sent, timeout=60)
         choice = next(b for row in buttons(answer) for b in row if b["text"] == "깍두기")
         await fake.tap(gina, answer.result, choice["callback_data"])

@@ -5,12 +5,11 @@ import os
 import re
 import signal
 import sqlite3
-import time
 
 import pytest
 
-from tests.botkit import ADMIN, rows, running_bot, spawn_bot
-from tests.imagegen import draw, encode
+from tests.botkit import ADMIN, rows, running_bot, spawn_bot, until
+from tests.imagegen import photo_bytes
 from tests.modelkit import publish_relabelled
 from tests.telegram_fake import user
 from training.dataset import import_dataset
@@ -28,26 +27,28 @@ def world(trained_copy):
     return trained_copy
 
 
-def photo(cls: int, seed: int) -> bytes:
-    return encode(draw(cls, (320, 240), seed=seed), "JPEG", quality=90)
-
-
 async def trainer_pid(home, timeout: float = 20.0) -> int:
-    """The pid the bot recorded for the newest retrain's trainer, once it has one."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = rows(home, "SELECT pid FROM retrain_runs ORDER BY id DESC LIMIT 1")[0]["pid"]
-        if pid:
-            return pid
-        await asyncio.sleep(0.1)
-    raise AssertionError("the retrain never recorded a trainer pid")
+    """The pid the bot recorded for the newest retrain's trainer, once it has one: the trainer runs."""
+    return await until(lambda: rows(home, "SELECT pid FROM retrain_runs ORDER BY id DESC LIMIT 1")[0]["pid"],
+                       "the retrain recording a trainer pid", timeout, every=0.1)
+
+
+def training_cli(pid: int) -> bool:
+    """Whether `pid` is `kimchi-train` itself: its launcher has armed the parent-death signal and exec'd it
+    (`python -m training.cli …`, where the launcher is `python -c …`)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            argv = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"-m", b"training.cli"]
 
 
 async def correct_some(fake, people, label_of):
     """Each person sends a photo and corrects it with /correct; returns the photo messages."""
     sent = []
     for i, person in enumerate(people):
-        msg = await fake.send_photo(person, photo(i % 4, 700 + i))
+        msg = await fake.send_photo(person, photo_bytes(i % 4, 700 + i))
         await fake.reply_to(msg)
         fix = await fake.send_text(person, f"/correct {label_of(i)}")
         await fake.reply_to(fix)
@@ -74,7 +75,7 @@ async def test_retrain_promotes_a_better_model_and_serves_it_live(world, fake):
         await fake.send_text(admin, "/retrain")
         refused = (await fake.wait_for(lambda c: c.method == "sendMessage" and "already running" in
                                        c.params.get("text", "")))[0]
-        during = await fake.send_photo(people[0], photo(1, 999))
+        during = await fake.send_photo(people[0], photo_bytes(1, 999))
         answered_during = await fake.reply_to(during, timeout=60)
         running_then = rows(world.home, "SELECT status FROM retrain_runs")[0]["status"]
         await fake.send_text(admin, "/retrain status")  # its own reply, not the refusal above that also names #1
@@ -82,7 +83,7 @@ async def test_retrain_promotes_a_better_model_and_serves_it_live(world, fake):
                                       and c.params.get("text", "").startswith("Retrain #1: ")))[0]
         decision = (await fake.wait_for(lambda c: c.method == "sendMessage" and (
             "Promoted" in c.params.get("text", "") or "did not promote" in c.params.get("text", "")), timeout=240))[0]
-        after = await fake.send_photo(people[1], photo(2, 1000))
+        after = await fake.send_photo(people[1], photo_bytes(2, 1000))
         answer_after = await fake.reply_to(after)
     assert "배추김치:" in counts and "frozen holdout" in counts and "4 from users" in counts
     assert "Audit: audited 124 images" in counts  # the real `kimchi-train audit` ran on base + accepted labels
@@ -125,7 +126,7 @@ async def test_retrain_keeps_a_worse_model_with_the_reason(world, fake):
     assert "Kept v2 but did not promote it: worse: on the same" in decision.params["text"]
     assert world.registry.current() == "v1" and "v2" in world.registry.versions()
     (run,) = rows(world.home, "SELECT status, decision, reason FROM retrain_runs")
-    assert run["status"] == "rejected" and run["decision"] == "keep"
+    assert run["status"] == "kept" and run["decision"] == "keep"
     (paired,) = [f for f in json.loads(run["reason"])["findings"] if f["check"] == "paired"]
     assert not paired["passed"] and paired["candidate"] < paired["current"]  # right alone less often than v1
 
@@ -140,7 +141,7 @@ async def test_refusals_cancel_and_a_killed_trainer(world, fake):
     async with running_bot(world.home, fake, **RETRAIN):
         await fake.send_text(admin, "/retrain")
         await fake.wait_for(lambda c: "Starting retrain #2" in c.params.get("text", ""))
-        await asyncio.sleep(1.0)
+        await trainer_pid(world.home)  # the cancel stops a trainer, not the gathering before it
         await fake.send_text(admin, "/retrain cancel")
         cancelled = (await fake.wait_for(lambda c: "was cancelled" in c.params.get("text", ""), timeout=60))[0]
 
@@ -149,7 +150,7 @@ async def test_refusals_cancel_and_a_killed_trainer(world, fake):
         pid = await trainer_pid(world.home)
         os.killpg(pid, signal.SIGKILL)  # as the kernel's OOM killer would
         failed = (await fake.wait_for(lambda c: "The retrain failed" in c.params.get("text", ""), timeout=60))[0]
-        still = await fake.send_photo(guest, photo(0, 1234))
+        still = await fake.send_photo(guest, photo_bytes(0, 1234))
         still_answered = await fake.reply_to(still)
     assert "Retrain #2" in cancelled.params["text"]
     assert "SIGKILL" in failed.params["text"] and "keeps serving" in failed.params["text"]
@@ -165,11 +166,11 @@ async def test_promote_and_rollback_swap_live(world, fake):
     async with running_bot(world.home, fake):
         await fake.send_text(admin, f"/promote {v2}")
         promoted = (await fake.wait_for(lambda c: "now serves" in c.params.get("text", "")))[0]
-        first = await fake.send_photo(guest, photo(0, 1300))
+        first = await fake.send_photo(guest, photo_bytes(0, 1300))
         on_v2 = await fake.reply_to(first)
         await fake.send_text(admin, "/rollback")
         rolled = (await fake.wait_for(lambda c: "Rolled back" in c.params.get("text", "")))[0]
-        second = await fake.send_photo(guest, photo(0, 1300))
+        second = await fake.send_photo(guest, photo_bytes(0, 1300))
         on_v1 = await fake.reply_to(second)
     assert promoted.params["text"] == "v2 now serves (was v1)." and rolled.params["text"].startswith("Rolled back to v1")
     versions = [r["model_version"] for r in rows(world.home, "SELECT model_version FROM predictions ORDER BY id")]
@@ -187,7 +188,7 @@ async def test_bot_killed_mid_retrain_leaves_everything_consistent(world, fake, 
         await fake.send_text(admin, "/retrain")
         await fake.wait_for(lambda c: "Starting retrain" in c.params.get("text", ""), timeout=60)
         pid = await trainer_pid(world.home)
-        await asyncio.sleep(3)  # the trainer is importing or training now
+        await until(lambda: training_cli(pid), "the trainer's start", timeout=30)  # importing or training now
         process.send_signal(signal.SIGKILL)
         process.wait(30)
         for _ in range(100):  # PR_SET_PDEATHSIG: the trainer follows its parent
@@ -202,7 +203,7 @@ async def test_bot_killed_mid_retrain_leaves_everything_consistent(world, fake, 
     assert rows(world.home, "SELECT status FROM retrain_runs")[0]["status"] == "running"
     async with running_bot(world.home, fake):
         guest = user(5300)
-        sent = await fake.send_photo(guest, photo(0, 1400))
+        sent = await fake.send_photo(guest, photo_bytes(0, 1400))
         answer = await fake.reply_to(sent)
     (run,) = rows(world.home, "SELECT status, reason FROM retrain_runs")
     assert run["status"] == "failed" and json.loads(run["reason"])["failure"] == "bot_stopped"

@@ -3,7 +3,6 @@ on stderr, exit status 2, no traceback, and nothing taken from the other consume
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 
 from telegram.error import NetworkError, TimedOut
@@ -11,13 +10,9 @@ from telegram.error import NetworkError, TimedOut
 from bot.app import main as bot_main
 from bot.settings import Settings
 from bot.startup import explain, reason
-from tests.botkit import TOKEN, bot_env, spawn_bot
+from tests.botkit import TOKEN, bot_env, free_port, one_sentence, spawn_bot
 
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens there once the socket is closed
+BOT = "kimchi-bot: "  # how its one sentence starts
 
 
 async def start_in_thread(home, fake, monkeypatch, capsys, *argv: str, **extra: str) -> tuple[int, str, str]:
@@ -31,16 +26,9 @@ async def start_in_thread(home, fake, monkeypatch, capsys, *argv: str, **extra: 
     return code, captured.out, captured.err
 
 
-def the_sentence(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("kimchi-bot: ")]
-    assert len(lines) == 1, stderr
-    return lines[0]
-
-
 async def test_unreachable_api_is_one_sentence_and_exit_2(home, fake, tmp_path):
     """The real `python -m bot.app`, pointed at a port where nothing listens."""
-    port = closed_port()
+    port = free_port()  # nothing listens there
     process = spawn_bot(home, fake, tmp_path, TELEGRAM_API_BASE_URL=f"http://127.0.0.1:{port}/bot")
     try:
         code = await asyncio.to_thread(process.wait, 120)
@@ -48,7 +36,7 @@ async def test_unreachable_api_is_one_sentence_and_exit_2(home, fake, tmp_path):
         process.kill()
         raise
     output = (tmp_path / "bot.out").read_text()
-    line = the_sentence(output)
+    line = one_sentence(output, BOT)
     assert code == 2, output
     assert f"Cannot reach the Bot API at http://127.0.0.1:{port}/bot (connection refused)" in line
     assert TOKEN not in output
@@ -58,10 +46,10 @@ async def test_rejected_token_is_one_sentence_and_exit_2(home, fake, monkeypatch
     fake.failures["getMe"] = (401, "Unauthorized")
     code, _, err = await start_in_thread(home, fake, monkeypatch, capsys)
     assert code == 2
-    assert "Telegram rejected TELEGRAM_BOT_TOKEN (401 Unauthorized)" in the_sentence(err)
+    assert "Telegram rejected TELEGRAM_BOT_TOKEN (401 Unauthorized)" in one_sentence(err, BOT)
     assert TOKEN not in err
     code, _, err = await start_in_thread(home, fake, monkeypatch, capsys, "--check")
-    assert code == 2 and "401" in the_sentence(err)
+    assert code == 2 and "401" in one_sentence(err, BOT)
     assert {c.method for c in fake.calls} == {"getMe"}  # nothing else was tried
 
 
@@ -70,7 +58,7 @@ async def test_another_poller_is_a_409_sentence(home, fake, monkeypatch, capsys)
                                         "one bot instance is running")
     code, _, err = await start_in_thread(home, fake, monkeypatch, capsys)
     assert code == 2
-    line = the_sentence(err)
+    line = one_sentence(err, BOT)
     assert "Another program is already polling Telegram with this token (409 Conflict" in line
     assert "stop the other" in line
     assert not [c for c in fake.calls if c.method in ("deleteWebhook", "setMyCommands")]  # stopped before starting
@@ -80,7 +68,7 @@ async def test_a_webhook_set_while_polling_is_named_and_kept(home, fake, monkeyp
     fake.webhook = {"url": "https://other.example.com/hook"}
     code, _, err = await start_in_thread(home, fake, monkeypatch, capsys)
     assert code == 2
-    line = the_sentence(err)
+    line = one_sentence(err, BOT)
     assert "A webhook is set for this bot (https://other.example.com/hook)" in line and "deleteWebhook" in line
     assert fake.webhook == {"url": "https://other.example.com/hook"}  # not silently deleted
     assert not [c for c in fake.calls if c.method == "getUpdates"]
@@ -92,7 +80,7 @@ async def test_check_calls_get_me_after_settings_and_model(home, fake, monkeypat
     assert "settings ok" in out and "Bot API ok: @kimchi_test_bot" in out
     assert [c.method for c in fake.calls] == ["getMe", "getWebhookInfo"]  # no getUpdates: a running bot is left alone
     code, _, err = await start_in_thread(home, fake, monkeypatch, capsys, "--check", KIMCHI_WEBHOOK_URL="https://x.org/tg")
-    assert code == 2 and "KIMCHI_WEBHOOK_SECRET must be set" in the_sentence(err)
+    assert code == 2 and "KIMCHI_WEBHOOK_SECRET must be set" in one_sentence(err, BOT)
 
 
 def test_reasons_in_a_few_words(tmp_path):

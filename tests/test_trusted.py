@@ -6,13 +6,14 @@ import pytest
 from torchvision.datasets import ImageFolder
 
 from models.corpus import corpus_rows, read_labels
-from tests.botkit import ADMIN, buttons, rows, running_bot
-from tests.imagegen import draw, encode
+from tests.botkit import ADMIN, answered, buttons, rows, running_bot
+from tests.imagegen import photo_bytes
 from tests.telegram_fake import user
 from training.cli import main as train_main
 from training.export import dataset_rows
 
 LOOSE = dict(KIMCHI_ACTION_RATE_LIMIT="0", KIMCHI_CORRECTIONS_PER_DAY="0", KIMCHI_CORRECTION_POLICY="trusted")
+SIZE = (200, 150)  # the photos users send here
 
 
 def assert_export_is_a_copy(home, out, listed) -> None:
@@ -30,28 +31,18 @@ def assert_export_is_a_copy(home, out, listed) -> None:
     assert exported.read_bytes() != before and original.read_bytes() == before
 
 
-def photo_bytes(cls: int, seed: int) -> bytes:
-    return encode(draw(cls, (200, 150), seed=seed), "JPEG", quality=90)
-
-
-async def photo_and_answer(fake, who, data):
-    sent = await fake.send_photo(who, data)
-    answer = await fake.reply_to(sent)
-    return sent, fake.messages[(sent["chat"]["id"], answer.result["message_id"])], answer
-
-
 async def test_one_user_cannot_poison_the_data_and_a_second_voice_makes_a_label_count(trained_copy, fake, tmp_path):
     home, mallory, alice = trained_copy.home, user(4001, "en"), user(4002, "en")
-    photos = [photo_bytes(0, 100 + i) for i in range(30)]
+    photos = [photo_bytes(0, 100 + i, SIZE) for i in range(30)]
     # Both count as seasoned here (tests/test_hardening2.py covers the age and vetting rules)
     async with running_bot(home, fake, **LOOSE, KIMCHI_AGREE_MIN_DAYS="0", KIMCHI_AGREE_MIN_DECIDED="0"):
         sent = []
         for data in photos:
-            msg, answer, _ = await photo_and_answer(fake, mallory, data)
+            msg, answer, _ = await answered(fake, mallory, data)
             await fake.tap(mallory, answer, f"set:{msg['message_id']}:9")  # 배추김치 photos, "갓김치"
             sent.append(msg)
         edits = await fake.wait_for(lambda c: c.method == "editMessageText", count=30, timeout=60)
-        msg, answer, _ = await photo_and_answer(fake, alice, photos[0])  # the same photo, another person
+        msg, answer, _ = await answered(fake, alice, photos[0])  # the same photo, another person
         await fake.tap(alice, answer, f"set:{msg['message_id']}:9")
         agreed = (await fake.wait_for(lambda c: c.method == "editMessageText", count=31))[-1]
     assert all("it will be used once it's confirmed" in e.params["text"] for e in edits)
@@ -77,7 +68,7 @@ async def test_review_accept_relabel_reject_and_block(trained_copy, fake):
     bob, carol = user(4003, "en"), user(4004, "en")
     async with running_bot(home, fake, **LOOSE):
         for n, (who, seed, cls) in enumerate(((bob, 1, 4), (bob, 2, 5), (bob, 3, 6), (carol, 4, 7), (carol, 5, 8))):
-            msg, answer, _ = await photo_and_answer(fake, who, photo_bytes(0, 200 + seed))
+            msg, answer, _ = await answered(fake, who, photo_bytes(0, 200 + seed, SIZE))
             await fake.tap(who, answer, f"set:{msg['message_id']}:{cls}")
             # one label stored before the next photo, so the queue's order (by id) is the order they were given in
             await fake.wait_for(lambda c: c.method == "editMessageText", count=n + 1)
@@ -126,14 +117,14 @@ async def test_a_blocked_user_is_answered_but_not_used_and_trust_makes_labels_co
     async with running_bot(home, fake, **LOOSE):
         await fake.send_text(admin, "/block 4006")
         await fake.wait_for(lambda c: "Blocked user 4006" in c.params.get("text", ""))
-        msg, answer, reply = await photo_and_answer(fake, dave, photo_bytes(0, 300))
+        msg, answer, reply = await answered(fake, dave, photo_bytes(0, 300, SIZE))
         await fake.tap(dave, answer, f"set:{msg['message_id']}:4")
         await fake.wait_for(lambda c: c.method == "editMessageText")
         await fake.send_text(admin, "/unblock 4006")
         await fake.wait_for(lambda c: "is no longer blocked" in c.params.get("text", ""))
         await fake.send_text(admin, "/trust 4006")
         await fake.wait_for(lambda c: "is trusted" in c.params.get("text", ""))
-        msg, answer, _ = await photo_and_answer(fake, dave, photo_bytes(0, 301))
+        msg, answer, _ = await answered(fake, dave, photo_bytes(0, 301, SIZE))
         await fake.tap(dave, answer, f"set:{msg['message_id']}:4")
         await fake.wait_for(lambda c: c.method == "editMessageText", count=2)
     assert "%" in reply.params["text"]  # photos are still answered while blocked
@@ -144,7 +135,7 @@ async def test_a_blocked_user_is_answered_but_not_used_and_trust_makes_labels_co
 async def test_the_cheap_question_only_when_the_top_two_are_close(trained_copy, fake, margin, asks):
     home, erin = trained_copy.home, user(4007, "ko")
     async with running_bot(home, fake, KIMCHI_ASK_MARGIN=margin, **LOOSE):
-        msg, answer, reply = await photo_and_answer(fake, erin, photo_bytes(1, 400))
+        msg, answer, reply = await answered(fake, erin, photo_bytes(1, 400, SIZE))
         keyboard = buttons(reply)
         if asks:
             first, second = keyboard[0]
@@ -166,7 +157,7 @@ async def test_a_dispute_of_a_base_label_waits_for_an_admin_and_export_loads(tra
     import_dataset(trained_copy.data, home.base, presize=0, workers=1)
     base_photo = sorted((trained_copy.data / "배추김치").iterdir())[0].read_bytes()  # the bytes the manifest hashed
     async with running_bot(home, fake, **{**LOOSE, "KIMCHI_CORRECTION_POLICY": "open"}):
-        msg, answer, _ = await photo_and_answer(fake, frank, base_photo)
+        msg, answer, _ = await answered(fake, frank, base_photo)
         await fake.tap(frank, answer, f"set:{msg['message_id']}:4")
         edit = (await fake.wait_for(lambda c: c.method == "editMessageText"))[0]
     assert "once it's confirmed" in edit.params["text"]  # even under `open`: a dispute waits for an admin

@@ -5,54 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import aiohttp
 import pytest
 
-from bot.app import build_application
-from bot.metrics import database_writable, install
+from bot.metrics import database_writable
 from bot.settings import Settings
 from bot.gate import ALLOWED_UPDATES
-from bot.startup import serve
 from models.errors import KimchiError
-from tests.botkit import TOKEN, bot_env
-from tests.imagegen import draw, encode
+from tests.botkit import TOKEN, free_port, running_bot
+from tests.imagegen import draw, encode, photo_bytes
 from tests.telegram_fake import user
 
 SECRET = "s3cret_TOKEN-for-tests"
 PERCENT = re.compile(r"\d+%")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @asynccontextmanager
 async def serving_bot(home, fake, **extra: str) -> AsyncIterator[tuple]:
-    """The bot as `kimchi-bot` runs it (bot.startup.serve), in this loop; yields (app, base URL of its server)."""
-    port = free_port()
-    env = {"KIMCHI_LISTEN": f"127.0.0.1:{port}", **extra}
-    settings = Settings.load(environ=bot_env(home, fake, **env), env_file=None)
-    app = build_application(settings)
-    if "metrics" not in app.bot_data:
-        install(app)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(app, settings, stop=stop, probe_s=0, ready=ready, poll_timeout=1))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait([task, waiter], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()  # raises what stopped it
-    assert ready.is_set(), "the bot did not start within 60 s"
-    try:
-        yield app, "http://{}:{}".format(*settings.listen_address)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+    """The bot as `kimchi-bot` runs it (tests.botkit.running_bot) with its HTTP server on a free port of
+    127.0.0.1; yields (app, base URL of its server)."""
+    async with running_bot(home, fake, **{"KIMCHI_LISTEN": f"127.0.0.1:{free_port()}", **extra}) as app:
+        yield app, "http://{}:{}".format(*app.bot_data["settings"].listen_address)
 
 
 async def http(method: str, url: str, **kw) -> tuple[int, bytes]:
@@ -140,7 +116,7 @@ async def test_webhook_checks_the_secret_size_and_json_before_any_handler(home, 
 
 async def test_healthz_and_metrics_in_polling_mode(trained_copy, fake):
     amy = user(5101, "ko")
-    photo = encode(draw(0, (320, 240), seed=3), "JPEG", quality=90)
+    photo = photo_bytes(0, 3)
     async with serving_bot(trained_copy.home, fake) as (app, base):
         status, body = await http("GET", f"{base}/healthz")
         health = json.loads(body)
@@ -158,12 +134,8 @@ async def test_healthz_and_metrics_in_polling_mode(trained_copy, fake):
         health = json.loads((await http("GET", f"{base}/healthz"))[1])
         assert health["seconds_since_last_update"] is not None and health["seconds_since_last_update"] < 30
 
-        classifier = app.bot_data["services"].classifier
         # the engine's worker thread ends (as if it had died); the bot cannot serve until one runs again
-        from models.engine import _STOP
-        classifier._queue.put(_STOP)
-        classifier._wake.set()
-        await asyncio.to_thread(classifier._worker.join, 10)
+        await asyncio.to_thread(app.bot_data["services"].classifier.batcher.stop_worker, 10)
         status, body = await http("GET", f"{base}/healthz")
         dead = json.loads(body)
         assert (await http("GET", f"{base}/webhook"))[0] == 404  # no webhook route in polling mode
@@ -183,7 +155,7 @@ async def test_local_bot_api_server_files_are_read_by_path(trained_copy, fake, t
     fake.local_dir = tmp_path / "telegram-bot-api"
     fake.local_dir.mkdir()
     ben = user(5201, "ko")
-    photo = encode(draw(1, (320, 240), seed=4), "JPEG", quality=90)
+    photo = photo_bytes(1, 4)
     async with serving_bot(trained_copy.home, fake, TELEGRAM_LOCAL_MODE="1", KIMCHI_MAX_DOWNLOAD_MB="200") as (app, _):
         assert app.bot.local_mode
         reply = await fake.reply_to(await fake.send_photo(ben, photo))

@@ -23,19 +23,13 @@ from bot.app import build_application
 from bot.settings import Settings
 from bot.web import WebServer, connection_cap
 from models.logs import ACCEPT_ERROR, RateLimited, setup_logging
-from tests.botkit import ROOT, TOKEN, bot_env, stop_bot
+from tests.botkit import ROOT, TOKEN, bot_env, free_port, stop_bot
 from tests.telegram_fake import user
 
 SECRET = "hook_SECRET-4f9a2c"
 HALF_OPEN = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # never the blank line that ends the headers
 FLOOD = 1100
 BOT_NOFILE = 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def raise_own_file_limit(need: int) -> None:
