@@ -147,7 +147,7 @@ def _session_model(home: Path):
     from models.registry import Registry
     from tests.imagegen import make_dataset
     from training.progress import Progress
-    from training.recipe import Recipe, train
+    from training.train import Recipe, train
 
     registry = Registry(home / "models")
     if not registry.current():

@@ -2,7 +2,7 @@
 
     python bench/budget_bench.py [--senders 100000]
 
-The bot keeps three budgets per sender (bot.services.RateLimiter): photos a minute, actions a minute, and
+The bot keeps three budgets per sender (bot.services.Quota): photos a minute, actions a minute, and
 labels a day. The daily one remembers every sender of the day, so it is the one that grows. This feeds it
 `--senders` distinct senders, each labelling twice, as a day of traffic would, and times each check on the
 event loop's thread; memory is what tracemalloc sees the limiter hold at the end (measured in a second pass,
@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import percentile, report  # noqa: E402
 
-from bot.services import RateLimiter  # noqa: E402
+from bot.services import Quota  # noqa: E402
 
 MARKS = (1_000, 5_000, 20_000, 50_000, 100_000)
 
 
-def feed(limiter: RateLimiter, senders: int) -> dict[int, list[float]]:
+def feed(limiter: Quota, senders: int) -> dict[int, list[float]]:
     """Check each sender twice; the check times (s) of the last 1,000 senders before each mark."""
     times: dict[int, list[float]] = {}
     window: list[float] = []
@@ -46,13 +46,13 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=100_000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    limiter = RateLimiter(200, window_s=24 * 3600)
+    limiter = Quota(200, window_s=24 * 3600)
     times = feed(limiter, args.senders)
     results = {"senders": args.senders, "per_check_us": {
         n: {"p50": round(1e6 * statistics.median(t), 2), "p99": round(1e6 * percentile(t, 0.99), 2)}
         for n, t in times.items()}}
     tracemalloc.start()
-    traced = RateLimiter(200, window_s=24 * 3600)
+    traced = Quota(200, window_s=24 * 3600)
     feed(traced, args.senders)
     results["memory_mb"] = round(tracemalloc.get_traced_memory()[0] / 1e6, 1)
     results["bytes_per_sender"] = round(tracemalloc.get_traced_memory()[0] / args.senders)

@@ -43,9 +43,9 @@ def trained_model(home: Path, arch: str = "resnet18", classes: int = 4, per_clas
                   pretrained: bool = False):
     """A registry under `home` with one version trained on synthetic photos (reused if already there)."""
     from models.registry import Registry
-    from training.config import Recipe
+    from training.recipe import Recipe
     from training.progress import Progress
-    from training.recipe import train
+    from training.train import train
 
     registry = Registry(home / "models")
     if registry.current():

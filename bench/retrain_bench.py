@@ -56,7 +56,7 @@ async def bot_mode(home_dir: Path) -> dict:
     from tests.botkit import TOKEN, running_bot
     from tests.imagegen import make_dataset
     from tests.telegram_fake import FakeTelegram
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     home = Home(home_dir).ensure()
     trained_model(home.root, arch="efficientnet_lite0", size=64, presize=160, epochs=1)
@@ -92,10 +92,10 @@ async def recipes_mode(work: Path, classes: int, per_class: int, recipes: dict[s
     from tests.botkit import TOKEN, running_bot
     from tests.telegram_fake import FakeTelegram
     from train_bench import make_photos
-    from training.config import Recipe
-    from training.dataset import import_dataset
+    from training.recipe import Recipe
+    from training.importer import import_dataset
     from training.progress import Progress
-    from training.recipe import train
+    from training.train import train
 
     template = Home(work / "template").ensure()
     if not Registry(template.models).current():
@@ -132,7 +132,7 @@ def trainer_mode(work: Path, classes: int, per_class: int, extra: list[str]) -> 
     from models.registry import Registry
     from models.trainset import build_training_set, collect_items
     from train_bench import make_photos
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     home = Home(work / "home").ensure()
     raw = work / "raw"

@@ -46,7 +46,7 @@ def epoch_throughput(data: Path, **recipe_values) -> dict:
     """Two unfrozen epochs of the recipe; img/s of the second one's training pass."""
     from fastai.callback.core import Callback
 
-    from training.config import Recipe
+    from training.recipe import Recipe
     from training.learner import build_dls, build_learner, quiet
 
     class Clock(Callback):
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     work = args.work or Path(tempfile.mkdtemp(prefix="kimchi-train-bench-"))
     raw = work / "raw"

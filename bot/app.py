@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +26,7 @@ from bot.metrics import install as install_metrics
 from bot.ordering import PerUserOrder
 from bot.sendrate import FairRateLimiter
 from bot.serving import Serving
-from bot.services import RateLimiter, Services
+from bot.services import Quota, Services
 from bot.settings import Settings
 from bot.startup import check_only, run
 from bot.store import Store
@@ -45,16 +44,9 @@ from models.trainset import base_items
 log = logging.getLogger("bot")
 
 
-@dataclass
-class Engine:
-    """The registry and the classifier serving its current version."""
-
-    registry: Registry
-    classifier: Classifier
-
-
-def build_engine(settings: Settings) -> Engine:
-    """The registry and the engine; no model yet is fine (labelling mode), a damaged one is not."""
+def build_serving(settings: Settings) -> Serving:
+    """The registry and the classifier serving its current version; no model yet is fine (labelling mode), a
+    damaged one is not."""
     registry = Registry(settings.home.models)
     registry.cleanup_staging()
     config = EngineConfig(device=settings.device, cpu_runtime=settings.cpu_runtime, max_batch=settings.max_batch,
@@ -65,7 +57,7 @@ def build_engine(settings: Settings) -> Engine:
     except KimchiError as err:
         raise KimchiError(f"The current model cannot be loaded: {err} Fix it with `kimchi-train rollback` or "
                           f"`kimchi-train promote VERSION`.") from err
-    return Engine(registry, classifier)
+    return Serving(registry, classifier)
 
 
 def build_application(settings: Settings) -> Application:
@@ -121,12 +113,11 @@ async def on_start(app: Application) -> None:
     settings: Settings = app.bot_data["settings"]
     store = await Store.open(settings.home.database, settings.home.corrections,
                              ImageLimits(max_pixels=settings.max_pixels), settings.user_quota_bytes)
-    engine: Engine = app.bot_data.pop("engine", None) or build_engine(settings)
-    serving = Serving(engine.registry, engine.classifier)
+    serving: Serving = app.bot_data.pop("serving", None) or build_serving(settings)
     ledger = Ledger(store, settings)
-    svc = Services(settings=settings, store=store, limiter=RateLimiter(settings.rate_limit), serving=serving,
-                   actions=RateLimiter(settings.action_rate_limit),
-                   corrections=RateLimiter(settings.corrections_per_day, window_s=24 * 3600),
+    svc = Services(settings=settings, store=store, photo_quota=Quota(settings.rate_limit), serving=serving,
+                   actions=Quota(settings.action_rate_limit),
+                   corrections=Quota(settings.corrections_per_day, window_s=24 * 3600),
                    retrain=RetrainSupervisor(settings, store, serving, admin.TelegramNotifier(app), ledger),
                    ledger=ledger,
                    base_labels={sha: item.label for sha, item in
@@ -137,8 +128,8 @@ async def on_start(app: Application) -> None:
     app.bot_data["services"] = svc
     for lang, code in ((EN, None), (KO, "ko")):
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in command_menu(lang)], language_code=code)
-    log.info("kimchi-bot is up: model %s on %s, %d admin(s)", engine.classifier.version or "none (labelling mode)",
-             engine.classifier.device, len(settings.admin_ids))
+    log.info("kimchi-bot is up: model %s on %s, %d admin(s)", serving.classifier.version or "none (labelling mode)",
+             serving.classifier.device, len(settings.admin_ids))
 
 
 async def on_stop(app: Application) -> None:
@@ -190,24 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                   secrets=(settings.token.get_secret_value(), settings.webhook_secret.get_secret_value()))
     warn_if_readable(Path(args.env_file))
     try:
-        engine = build_engine(settings)  # fail here, before polling, on a damaged model
+        serving = build_serving(settings)  # fail here, before polling, on a damaged model
     except KimchiError as err:
         log.error("%s", err)
         print(f"kimchi-bot: {err}", file=sys.stderr)
         return 2
     if args.check:
-        engine.classifier.close()
+        serving.classifier.close()
         try:
             me = asyncio.run(check_only(settings))  # the same getMe as a start, after settings and model
         except KimchiError as err:
             log.error("%s", err)
             print(f"kimchi-bot: {err}", file=sys.stderr)
             return 2
-        print(f"settings ok; model {engine.classifier.version or 'none (labelling mode)'}; "
+        print(f"settings ok; model {serving.classifier.version or 'none (labelling mode)'}; "
               f"KIMCHI_HOME={settings.home.root}; Bot API ok: @{me.username}")
         return 0
     app = build_application(settings)
-    app.bot_data["engine"] = engine
+    app.bot_data["serving"] = serving
     return run(app, settings)  # getMe first, then polling or the webhook; exit 2 with one sentence
 
 

@@ -83,9 +83,9 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         await message.reply_text(text, do_quote=True)
 
     # Every refusal comes before the download: a flood costs neither bandwidth nor memory.
-    if not svc.limiter.allow(who):
+    if not svc.photo_quota.allow(who):
         metrics.photo("rate_limited")
-        if svc.limiter.tell_refusal(who):
+        if svc.photo_quota.tell_refusal(who):
             await message.reply_text(say("rate_limited", lang, limit=svc.settings.rate_limit), do_quote=True)
         return
     if svc.classifier.queued >= svc.settings.queue_limit:

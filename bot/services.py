@@ -51,8 +51,9 @@ class _Events:
         return max(self.times[-1] if self.times else float("-inf"), self.told)
 
 
-class RateLimiter:
-    """At most `per_window` events per sender in any sliding window (0: no limit). Senders without a user
+class Quota:
+    """A quota: at most `per_window` events per sender in any sliding window (0: no limit); it refuses, never
+    delays (bot.sendrate is what delays). Senders without a user
     id share one bucket. A refusal is worth telling the sender once a window, not once per message.
 
     Each check costs O(1) amortised, whatever the number of senders: senders are kept least recently seen
@@ -141,13 +142,13 @@ class PhotoCache:
 class Services:
     settings: Settings
     store: Store
-    limiter: RateLimiter
+    photo_quota: Quota
     serving: "Serving"  # the engine and the registry, which move together
     retrain: "RetrainSupervisor"
     ledger: "Ledger"
     base_labels: dict[str, str] = field(default_factory=dict)  # sha256 -> label of the base set
-    actions: RateLimiter = field(default_factory=lambda: RateLimiter(0))
-    corrections: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    actions: Quota = field(default_factory=lambda: Quota(0))
+    corrections: Quota = field(default_factory=lambda: Quota(0))
     photos: PhotoCache = field(default_factory=PhotoCache)
     # Downloads in flight at once: each may hold up to the download cap in memory.
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))

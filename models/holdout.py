@@ -16,7 +16,7 @@ import numpy as np
 
 from models.engine import Classifier, EngineConfig, cpu_runtime_from_env
 from models.errors import KimchiError
-from models.metrics import summarize
+from models.scores import summarize
 from models.protocol import HoldoutScore
 from models.registry import Registry
 

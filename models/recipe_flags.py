@@ -11,7 +11,7 @@ import argparse
 from typing import NoReturn, Sequence
 
 # Named recipes, for `--preset NAME` (flags given beside a preset still win) and KIMCHI_TRAIN_ARGS.
-# name -> (what it is for, the fields of training.config.Recipe it changes). The README's "CPU retrain"
+# name -> (what it is for, the fields of training.recipe.Recipe it changes). The README's "CPU retrain"
 # table has their measured time and accuracy (bench/retrain_bench.py --mode bot).
 PRESETS: dict[str, tuple[str, dict[str, object]]] = {
     "blog": ("the blog's recipe: resnet18, Resize(460), 224 px, fine_tune(5, freeze_epochs=1)", {}),
@@ -23,7 +23,7 @@ PRESETS: dict[str, tuple[str, dict[str, object]]] = {
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """The recipe's flags; defaults live in training.config.Recipe, so None here means 'default'."""
+    """The recipe's flags; defaults live in training.recipe.Recipe, so None here means 'default'."""
     g = p.add_argument_group("recipe (defaults: the blog's)")
     g.add_argument("--preset", choices=list(PRESETS), default="blog",
                    help="; ".join(f"{name}: {about}" for name, (about, _) in PRESETS.items())

@@ -71,7 +71,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     presize/size > 2 makes the engine exercise fastai's area-then-bilinear path, like 460/224 does.
     """
     from training.progress import Progress
-    from training.recipe import Recipe, train
+    from training.train import Recipe, train
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"

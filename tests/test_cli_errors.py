@@ -88,7 +88,7 @@ def test_console_script_reports_one_sentence(tmp_path):
 
 def test_presets_name_recipes_and_flags_beside_them_win():
     from training.cli import build_parser, recipe_from_args
-    from training.config import PRESETS, Recipe
+    from training.recipe import PRESETS, Recipe
 
     def recipe(*argv):
         return recipe_from_args(build_parser().parse_args(["train", *argv]))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from training.cli import main
-from training.dataset import MANIFEST, import_dataset, parse_crop_file, read_manifest
+from training.importer import MANIFEST, import_dataset, parse_crop_file, read_manifest
 from tests.imagegen import draw, encode
 
 

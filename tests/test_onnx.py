@@ -201,16 +201,16 @@ def test_kimchi_train_export_onnx(trained_copy, capsys):
 
 
 def test_kimchi_cpu_runtime_chooses_what_the_bot_serves_with(trained_copy):
-    from bot.app import build_engine
+    from bot.app import build_serving
 
     env = {"TELEGRAM_BOT_TOKEN": TOKEN, "KIMCHI_HOME": str(trained_copy.home.root), "KIMCHI_DEVICE": "cpu"}
     assert Settings.load(environ=env, env_file=None).cpu_runtime == "auto"
     for runtime in ("torch", "onnx"):
-        engine = build_engine(Settings.load(environ={**env, "KIMCHI_CPU_RUNTIME": runtime}, env_file=None))
+        serving = build_serving(Settings.load(environ={**env, "KIMCHI_CPU_RUNTIME": runtime}, env_file=None))
         try:
-            assert engine.classifier.runtime == runtime
+            assert serving.classifier.runtime == runtime
         finally:
-            engine.classifier.close()
+            serving.classifier.close()
     with pytest.raises(KimchiError, match="KIMCHI_CPU_RUNTIME"):
         Settings.load(environ={**env, "KIMCHI_CPU_RUNTIME": "tensorrt"}, env_file=None)
 

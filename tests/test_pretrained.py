@@ -27,7 +27,7 @@ def _shape(kind: int, seed: int) -> Image.Image:
 def _accuracy(tmp_path: Path, pretrained: bool) -> float:
     from fastai.torch_core import set_seed
 
-    from training.config import Recipe
+    from training.recipe import Recipe
     from training.learner import build_dls, build_learner, quiet
 
     set_seed(0)

@@ -12,7 +12,7 @@ from tests.botkit import ADMIN, rows, running_bot, spawn_bot, until
 from tests.imagegen import photo_bytes
 from tests.modelkit import publish_relabelled
 from tests.telegram_fake import user
-from training.dataset import import_dataset
+from training.importer import import_dataset
 
 TINY = ("--arch efficientnet_lite0 --size 64 --presize 160 --epochs 1 --freeze-epochs 1 --bs 16 --workers 0 "
         "--device cpu")

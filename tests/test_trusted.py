@@ -151,7 +151,7 @@ async def test_the_cheap_question_only_when_the_top_two_are_close(trained_copy, 
 
 
 async def test_a_dispute_of_a_base_label_waits_for_an_admin_and_export_loads(trained_copy, fake, tmp_path):
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     home, frank = trained_copy.home, user(4008, "en")
     import_dataset(trained_copy.data, home.base, presize=0, workers=1)

@@ -29,7 +29,7 @@ log = logging.getLogger("training.cli")
 # shared flags
 
 def recipe_from_args(args: argparse.Namespace):
-    from training.config import Recipe
+    from training.recipe import Recipe
 
     values = {name: getattr(args, name) for name in Recipe.field_names() if getattr(args, name, None) is not None}
     return Recipe.from_preset(getattr(args, "preset", "blog"), **values)
@@ -43,7 +43,7 @@ def registry_for(args: argparse.Namespace, home: Home) -> Registry:
 # commands
 
 def cmd_import(args: argparse.Namespace, home: Home) -> int:
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     home.ensure()
     dest = Path(args.dest).expanduser() if args.dest else home.base
@@ -57,7 +57,7 @@ def cmd_import(args: argparse.Namespace, home: Home) -> int:
 
 
 def cmd_train(args: argparse.Namespace, home: Home) -> int:
-    from training.dataset import count_classes
+    from training.datafolder import count_classes
 
     home.ensure()
     recipe = recipe_from_args(args)
@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
     count_classes(data_dir)  # a wrong folder fails here, before fastai is imported
     if args.cache:
-        from training.dataset import presize_large
+        from training.datafolder import presize_large
 
         presize_large(data_dir, recipe.presize, Path(args.cache).expanduser())
     from training import distributed
@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace, home: Home) -> int:
         distributed.check_gpus(args.gpus, recipe.device)
         return distributed.launch(args.argv, args.gpus)
     from training.progress import Progress
-    from training.recipe import train
+    from training.train import train
 
     registry = registry_for(args, home)
     progress = Progress(args.progress if distributed.is_main() else "quiet")  # rank 0 alone reports

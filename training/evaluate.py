@@ -38,7 +38,7 @@ class EvalResult:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        from models.metrics import summarize
+        from models.scores import summarize
 
         out = summarize(self.targets, self.preds, self.vocab)
         if self.tta_probs is not None:
@@ -67,7 +67,7 @@ def evaluate_learner(learn, dl, tta: bool = False) -> EvalResult:
 
 def recipe_from_meta(meta: ModelMeta, **overrides: Any):
     """The Recipe a version was trained with (older or imported versions: the defaults plus its sizes)."""
-    from training.config import Recipe
+    from training.recipe import Recipe
 
     known = Recipe.field_names()
     values = {k: v for k, v in (meta.recipe or {}).items() if k in known}
@@ -83,7 +83,7 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
     from safetensors.torch import load_file
 
     from models.datafiles import image_files
-    from training.dataset import count_classes
+    from training.datafolder import count_classes
 
     name = registry.resolve(version)
     meta = registry.meta(name)

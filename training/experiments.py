@@ -36,7 +36,7 @@ from models.errors import KimchiError
 from models.home import Home
 from models.clock import stamp
 from models.registry import Registry
-from training.config import Recipe
+from training.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def data_for(grid: Grid, run: RunSpec, home: Home) -> Path:
     """The folder a run trains on: `data`, or `source` imported (cropped or not) once into the cache."""
     if grid.source is None:
         return grid.data or home.base
-    from training.dataset import import_dataset
+    from training.importer import import_dataset
 
     presize = max(r.recipe.presize for r in grid.runs)
     key = hashlib.sha256(f"{grid.source.resolve()}|{run.crop}|{presize}|{grid.per_class}".encode()).hexdigest()[:12]
@@ -176,7 +176,7 @@ def data_for(grid: Grid, run: RunSpec, home: Home) -> Path:
 
 
 def config_hash(run: RunSpec, data: Path) -> str:
-    from training.dataset import fingerprint
+    from training.datafolder import fingerprint
 
     payload = json.dumps({"recipe": asdict(run.recipe), "crop": run.crop, "data": fingerprint(data)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -186,7 +186,7 @@ def run_one(run: RunSpec, data: Path, folder: Path, registry: Registry, tta: boo
     from training.evaluate import evaluate_learner
     from training.pictures import write_pictures
     from training.progress import Progress
-    from training.recipe import train
+    from training.train import train
 
     started = time.monotonic()
     outcome = train(data, run.recipe, registry, Progress("quiet"), report=False)
@@ -219,7 +219,7 @@ def run_grid(config: Path, home: Home, out: Path | None = None, force: bool = Fa
     rows: list[dict[str, Any]] = []
     # Every run's data is ready (imported, checked) before the first one trains.
     datas = {run.name: data_for(grid, run, home) for run in grid.runs}
-    from training.dataset import count_classes
+    from training.datafolder import count_classes
 
     for run in grid.runs:
         count_classes(datas[run.name])

@@ -1,6 +1,6 @@
 """The recipe's data and learner: the DataBlock, the DataLoaders and vision_learner with its callbacks.
 
-Shared by training (training.recipe), evaluation (training.evaluate) and lr_find, so that none of them
+Shared by training (training.train), evaluation (training.evaluate) and lr_find, so that none of them
 imports another for these pieces.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from models.archs import get_spec, imagenet_backbone
 from models.datafiles import image_files, label_of
 from models.device import resolve_device, usable_cpus
 from models.errors import KimchiError
-from training.config import Recipe
+from training.recipe import Recipe
 
 
 class Backbone:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.fonts import use_korean_font
-from training.config import Recipe
-from training.dataset import count_classes
+from training.recipe import Recipe
+from training.datafolder import count_classes
 from training.learner import build_dls, build_learner, quiet
 
 

@@ -1,165 +1,87 @@
-"""The fastai recipe from the blog post, as code with every value overridable.
-
-    DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=<parent folder>,
-              splitter=RandomSplitter(valid_pct=0.2, seed=42), item_tfms=Resize(460),
-              batch_tfms=[*aug_transforms(size=224, min_scale=0.75), Normalize.from_stats(*imagenet_stats)])
-    learn = vision_learner(dls, resnet18, metrics=[accuracy, error_rate, Recall(average='macro'),
-                                                   Precision(average='macro')])
-    learn.fine_tune(5, freeze_epochs=1); optionally learn.fit_one_cycle(n, lr_max)
-
-Beyond the blog: the epoch with the best valid loss is kept (optionally stopping early), mixed precision
-and channels_last on the GPU, and the result is a registry version with safe weights.
-"""
+"""The recipe's settings, without importing fastai (so that bad flags fail fast)."""
 from __future__ import annotations
 
-import logging
-import platform
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, fields
 
-import torch
-from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.fp16 import MixedPrecision
-from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: F401  (patch Learner)
-from fastai.learner import Learner
-from fastai.torch_core import set_seed
-
-from models.artifact import LEARNER, ModelMeta, Preprocessing, save_artifact
-from models.clock import stamp
-from models.onnx_export import export_onnx
-from models.protocol import DoneEvent, Stage, StageEvent, StartEvent
-from models.registry import Registry
-from training import distributed
-from training.config import Recipe
-from training.dataset import count_classes, fingerprint
-from training.evaluate import evaluate_learner
-from training.learner import build_dls, build_learner, quiet, resolve_amp
-from training.progress import Progress
-from training.tracker import EpochTracker
-
-log = logging.getLogger(__name__)
-
-
-def fit(learn: Learner, recipe: Recipe, tracker: EpochTracker) -> None:
-    """The blog's `fine_tune(epochs, freeze_epochs=…)`, then `fit_one_cycle(cycles, lr_max)` if asked."""
-    learn.add_cb(tracker)
-    try:
-        if recipe.freeze_epochs > 0 and recipe.epochs > 0:
-            tracker.phases = ["frozen", "unfrozen"]
-            learn.fine_tune(recipe.epochs, base_lr=recipe.base_lr, freeze_epochs=recipe.freeze_epochs,
-                            pct_start=recipe.pct_start)
-        elif recipe.epochs > 0:  # fine_tune's second half alone
-            tracker.phases = ["unfrozen"]
-            learn.unfreeze()
-            lr = recipe.base_lr / 2
-            learn.fit_one_cycle(recipe.epochs, slice(lr / 100, lr), pct_start=recipe.pct_start, div=5.0)
-        elif recipe.freeze_epochs > 0:  # fine_tune's first half alone
-            tracker.phases = ["frozen"]
-            learn.freeze()
-            learn.fit_one_cycle(recipe.freeze_epochs, slice(recipe.base_lr), pct_start=0.99)
-        if recipe.cycles > 0:
-            tracker.phases.append("cycle")
-            learn.unfreeze()
-            learn.fit_one_cycle(recipe.cycles, recipe.lr_max)
-    finally:
-        learn.remove_cb(tracker)
-    tracker.restore_best(learn.model)
-
-
-def library_versions() -> dict[str, str]:
-    import fastai
-    import PIL
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "fastai": fastai.__version__, "pillow": PIL.__version__}
-
-
-def make_meta(learn: Learner, recipe: Recipe, tracker: EpochTracker, metrics: dict[str, Any],
-              counts: dict[str, int], data_dir: Path, train_time: float) -> ModelMeta:
-    mean, std = recipe.stats()
-    pre = Preprocessing(presize=recipe.presize, size=recipe.size, resize_method="crop", normalize=recipe.normalize,
-                        mean=tuple(mean), std=tuple(std))
-    n_valid = len(learn.dls.valid_ds)
-    return ModelMeta(
-        arch=recipe.arch, vocab=[str(v) for v in learn.dls.vocab], preprocessing=pre, metrics=metrics,
-        epochs=tracker.rows, kept_epoch=tracker.best_epoch,
-        dataset={"path": str(data_dir), "fingerprint": fingerprint(data_dir), "counts": counts,
-                 "n_train": len(learn.dls.train_ds), "n_valid": n_valid},
-        train_time_s=round(train_time, 2), recipe=asdict(recipe), versions=library_versions(), created_at=stamp(),
-    )
+from models.errors import KimchiError
+from models.recipe_flags import PRESETS
 
 
 @dataclass
-class TrainOutcome:
-    version: str
-    path: Path
-    meta: ModelMeta
-    learn: Learner = field(repr=False)
+class Recipe:
+    """Every knob of the recipe. Defaults are the blog's."""
 
+    arch: str = "resnet18"
+    pretrained: bool = True
+    weights: str | None = None
+    epochs: int = 5
+    freeze_epochs: int = 1
+    base_lr: float = 2e-3
+    pct_start: float = 0.3
+    cycles: int = 0
+    lr_max: float = 1e-4
+    size: int = 224
+    presize: int = 460
+    min_scale: float = 0.75
+    flip_vert: bool = False
+    max_rotate: float = 10.0
+    max_zoom: float = 1.1
+    max_lighting: float = 0.2
+    max_warp: float = 0.2
+    normalize: bool = True
+    bs: int = 64
+    valid_pct: float = 0.2
+    seed: int = 42
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    channels_last: str = "auto"  # auto | on | off
+    early_stop: int | None = None  # patience in epochs; None keeps training, still restoring the best
+    workers: int | None = None
+    device: str = "auto"
 
-def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress,
-          report: bool = True) -> TrainOutcome | None:
-    """Train the recipe on `data_dir` and publish the result as a new registry version.
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
 
-    Under `kimchi-train train --gpus N` (training.distributed) every process trains; only rank 0
-    evaluates and publishes, and the others return None.
-    """
-    recipe.validate()
-    data_dir = Path(data_dir)
-    counts = count_classes(data_dir)
-    if distributed.is_main():  # another process's staging folder is not this one's to clean
-        registry.cleanup_staging()
-    distributed.setup_process(recipe.device)
-    set_seed(recipe.seed)
-    dls = build_dls(data_dir, recipe)
-    learn = build_learner(dls, recipe)
-    if not progress.bars:
-        quiet(learn)
-    progress.emit(StartEvent(arch=recipe.arch, classes=tuple(map(str, dls.vocab)), counts=counts,
-                             n_train=len(dls.train_ds), n_valid=len(dls.valid_ds), total=recipe.total_epochs,
-                             device=str(dls.device), mixed_precision=resolve_amp(recipe, dls.device) or "no"))
-    tracker = EpochTracker(recipe.total_epochs, progress, recipe.early_stop)
-    started = time.monotonic()
-    with distributed.context(learn, dls.device):
-        fit(learn, recipe, tracker)
-    train_time = time.monotonic() - started
-    if not distributed.is_main():
-        return None
-    progress.emit(StageEvent(stage=Stage.EVALUATING))
-    staging = registry.staging()
-    try:
-        result = evaluate_learner(learn, learn.dls.valid)
-        metrics = result.metrics
-        if report:
-            metrics = result.write(staging / "report", title=f"{recipe.arch}, valid split")
-        metrics = {k: v for k, v in metrics.items() if k not in ("confusion",)}
-        metrics["kept_epoch"] = tracker.best_epoch
-        metrics["stopped_early"] = tracker.stopped_early
-        meta = make_meta(learn, recipe, tracker, metrics, counts, data_dir, train_time)
-        save_artifact(staging, learn.model, meta)
-        export_learner(learn, staging / LEARNER)
-        # model.onnx for the CPU runtime, checked on the version's own validation images: a larger
-        # difference than onnx_export.PARITY_TOLERANCE fails the publish.
-        export_onnx(staging, images=list(learn.dls.valid_ds.items))
-        version = registry.publish(staging)
-    except BaseException:
-        import shutil
+    @classmethod
+    def from_preset(cls, preset: str = "blog", **overrides: object) -> "Recipe":
+        """The named preset, with `overrides` (flags given beside it) on top."""
+        if preset not in PRESETS:
+            raise KimchiError(f"Unknown preset '{preset}'; use {', '.join(PRESETS)}.")
+        return cls(**{**PRESETS[preset][1], **overrides})
 
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    path = registry.path(version)
-    progress.emit(DoneEvent(version=version, path=str(path), kept_epoch=tracker.best_epoch,
-                            train_time_s=round(train_time, 2), metrics={k: metrics.get(k) for k in (
-                                "accuracy", "error_rate", "precision_macro", "recall_macro", "f1_macro")}))
-    return TrainOutcome(version, path, meta, learn)
+    def validate(self) -> None:
+        from models.archs import get_spec  # torch: not for `kimchi-train --help` or a command that needs none
 
+        get_spec(self.arch)
+        problems = []
+        if self.epochs < 0 or self.freeze_epochs < 0 or self.cycles < 0:
+            problems.append("epochs, freeze_epochs and cycles must not be negative")
+        if self.epochs + self.freeze_epochs + self.cycles == 0:
+            problems.append("at least one epoch must be trained")
+        if not 0 < self.valid_pct < 1:
+            problems.append(f"valid_pct must lie between 0 and 1, not {self.valid_pct}")
+        if self.size < 16 or self.presize < self.size:
+            problems.append(f"size must be at least 16 and presize ({self.presize}) at least size ({self.size})")
+        if not 0 < self.min_scale <= 1:
+            problems.append(f"min_scale must lie in (0, 1], not {self.min_scale}")
+        if self.bs < 1:
+            problems.append("bs must be at least 1")
+        if self.channels_last not in ("auto", "on", "off"):
+            problems.append(f"channels_last must be auto, on or off, not {self.channels_last}")
+        if self.early_stop is not None and self.early_stop < 1:
+            problems.append("early_stop must be at least 1 epoch")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            problems.append(f"mixed_precision must be auto, no, fp16 or bf16, not {self.mixed_precision}")
+        if self.base_lr <= 0 or self.lr_max <= 0:
+            problems.append("learning rates must be positive")
+        if problems:
+            raise KimchiError("Invalid recipe: " + "; ".join(problems) + ".")
 
-def export_learner(learn: Learner, path: Path) -> None:
-    """fastai's learn.export, without the run's callbacks and in the default memory format."""
-    for cb in [cb for cb in learn.cbs if isinstance(cb, (MixedPrecision, ChannelsLast, EpochTracker))]:
-        learn.remove_cb(cb)
-    learn.model.to(memory_format=torch.contiguous_format)
-    learn.export(Path(path).resolve())
+    @property
+    def total_epochs(self) -> int:
+        return self.freeze_epochs + self.epochs + self.cycles
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from models.archs import get_spec
+
+        return get_spec(self.arch).stats

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.metrics import most_confused, summarize
+from models.scores import most_confused, summarize
 from training.fonts import use_korean_font
 
 
