@@ -235,7 +235,8 @@ async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     per_class = "\n".join(f"  {name}: {n}" for name, n in s.corrections_per_class.items()) or say("stats_none", lang)
     await update.effective_message.reply_text(say(
         "stats", lang, predictions=s.predictions, fixes=s.fixes, confirmations=s.confirmations, per_class=per_class,
-        wrong=percent(s.wrong_rate), model=model_summary(svc, lang), **await svc.ledger.counts()))
+        wrong=percent(s.wrong_rate), model=model_summary(svc, lang), **await svc.ledger.counts())
+        + "\n" + say("stats_erasures", lang, n=await svc.personal.erasures()))
 
 
 @admin_only

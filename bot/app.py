@@ -19,11 +19,12 @@ from telegram import BotCommand, Update
 from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler, CommandHandler,
                           MessageHandler, TypeHandler, filters)
 
-from bot import admin, corrections, handlers, review
+from bot import admin, corrections, handlers, privacy, review
 from bot.botapi import bot_api_request
 from bot.gate import gate
 from bot.metrics import install as install_metrics
 from bot.ordering import PerUserOrder
+from bot.personal import PersonalData
 from bot.sendrate import FairRateLimiter
 from bot.serving import Serving
 from bot.services import Quota, Services
@@ -86,6 +87,9 @@ def build_application(settings: Settings) -> Application:
     app.add_handler(CommandHandler("help", handlers.help_command))
     app.add_handler(CommandHandler("classes", handlers.classes))
     app.add_handler(CommandHandler("correct", corrections.correct))
+    app.add_handler(CommandHandler("privacy", privacy.privacy))
+    app.add_handler(CommandHandler("mydata", privacy.mydata))
+    app.add_handler(CommandHandler("forget", privacy.forget))
     app.add_handler(CommandHandler("stats", admin.stats))
     app.add_handler(CommandHandler("model", admin.model))
     app.add_handler(CommandHandler("retrain", admin.retrain))
@@ -96,6 +100,7 @@ def build_application(settings: Settings) -> Application:
     app.add_handler(CommandHandler("block", review.block))
     app.add_handler(CommandHandler("unblock", review.unblock))
     app.add_handler(CallbackQueryHandler(review.decide, pattern=r"^rv:"))
+    app.add_handler(CallbackQueryHandler(privacy.forget_tap, pattern=r"^pv:"))
     app.add_handler(CallbackQueryHandler(corrections.button))
     app.add_handler(MessageHandler(filters.PHOTO, handlers.photo))
     app.add_handler(MessageHandler(filters.Document.IMAGE, handlers.image_document))
@@ -119,13 +124,18 @@ async def on_start(app: Application) -> None:
                    actions=Quota(settings.action_rate_limit),
                    corrections=Quota(settings.corrections_per_day, window_s=24 * 3600),
                    retrain=RetrainSupervisor(settings, store, serving, admin.TelegramNotifier(app), ledger),
-                   ledger=ledger,
+                   ledger=ledger, personal=PersonalData(store.db, store.photos),
                    base_labels={sha: item.label for sha, item in
                                 (await asyncio.to_thread(base_items, settings.home.base)).items()})
     await store.reconcile()
     app.bot_data["legacy_photos"] = asyncio.create_task(store.bound_legacy_photos())  # once, after an upgrade
     await svc.retrain.recover()
     app.bot_data["services"] = svc
+    if app.job_queue is not None:  # PTB's JobQueue: the retention purge once a day, and once soon after start
+        app.job_queue.run_daily(privacy.purge, privacy.PURGE_AT, name="retention purge")
+        app.job_queue.run_once(privacy.purge, 30, name="retention purge at start")
+    else:
+        log.warning("python-telegram-bot's job queue is not installed: the daily retention purge does not run")
     for lang, code in ((EN, None), (KO, "ko")):
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in command_menu(lang)], language_code=code)
     log.info("kimchi-bot is up: model %s on %s, %d admin(s)", serving.classifier.version or "none (labelling mode)",

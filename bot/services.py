@@ -17,6 +17,7 @@ from models.engine import Classifier
 from models.registry import Registry
 
 if TYPE_CHECKING:
+    from bot.personal import PersonalData
     from bot.serving import Serving
     from bot.supervisor import RetrainSupervisor
     from bot.ledger import Ledger
@@ -131,6 +132,11 @@ class PhotoCache:
             _, old = self._items.popitem(last=False)
             self._size -= len(old)
 
+    def forget(self, key: str) -> None:
+        data = self._items.pop(key, None)
+        if data is not None:
+            self._size -= len(data)
+
     def get(self, key: str | None) -> bytes | None:
         if not key or key not in self._items:
             return None
@@ -150,6 +156,8 @@ class Services:
     actions: Quota = field(default_factory=lambda: Quota(0))
     corrections: Quota = field(default_factory=lambda: Quota(0))
     photos: PhotoCache = field(default_factory=PhotoCache)
+    personal: "PersonalData | None" = None  # /mydata, /forget and the retention purge
+    copies: Quota = field(default_factory=lambda: Quota(1, window_s=24 * 3600))  # /mydata once a day
     # Downloads in flight at once: each may hold up to the download cap in memory.
     downloads: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 

@@ -186,6 +186,16 @@ class Settings(BaseSettings):
     user_quota_mb: float = Field(
         "50", alias="KIMCHI_USER_QUOTA_MB", ge=0, le=1_000_000,
         description="disk a user's stored photos may take, in MB (admins: no limit); 0 turns it off")
+    retention_days: float = Field(
+        "90", alias="KIMCHI_RETENTION_DAYS", ge=1, le=36500,
+        description="days an answered photo's row, and a rejected label with its photo, are kept (a daily job purges)")
+    pending_expire_days: float = Field(
+        "60", alias="KIMCHI_PENDING_EXPIRE_DAYS", ge=1, le=36500,
+        description="days a label no admin decided waits before it is deleted with its photo")
+    privacy_contact: Annotated[str, BeforeValidator(_strip)] = Field(
+        "", alias="KIMCHI_PRIVACY_CONTACT", description="who to ask about people's data, quoted by /privacy")
+    privacy_url: Annotated[str, BeforeValidator(_strip)] = Field(
+        "", alias="KIMCHI_PRIVACY_URL", description="a link to the operator's privacy notice, quoted by /privacy")
     ask_margin: float = Field(
         "0.15", alias="KIMCHI_ASK_MARGIN", ge=0, le=1,
         description='when the top two probabilities are closer than this, the answer asks "깍두기?" / "총각김치?" '

@@ -9,10 +9,12 @@ TEXTS: dict[str, dict[str, str]] = {
     "start": {
         KO: "안녕하세요! 🥢 김치 사진을 보내 주시면 어떤 김치인지 알려 드릴게요.\n"
             "틀렸다면 버튼 한 번이나 /correct 깍두기 처럼 고쳐 주세요. 고쳐 주신 사진으로 더 똑똑해져요.\n"
-            "/classes — 알아보는 김치 11종",
+            "/classes — 알아보는 김치 11종\n"
+            "/privacy — 제가 무엇을 얼마나 보관하는지, 사본 받기와 지우기",
         EN: "Hello! 🥢 Send me a photo of kimchi and I'll tell you which kind it is.\n"
             "If I'm wrong, fix it with one tap or with /correct kkakdugi — your fixes teach me.\n"
-            "/classes — the 11 kinds I know",
+            "/classes — the 11 kinds I know\n"
+            "/privacy — what I keep, for how long, and how to get a copy or erase it",
     },
     "help": {
         KO: "사진을 보내면 김치 종류와 확신도를 알려 드려요.\n"
@@ -41,6 +43,47 @@ TEXTS: dict[str, dict[str, str]] = {
     "saved_pending": {KO: "고마워요! {name}(으)로 저장했어요. 확인되면 학습에 쓸게요.",
                       EN: "Saved as {name}, thanks; it will be used once it's confirmed."},
     "confirmed": {KO: "고마워요! 맞다고 저장했어요. ✓", EN: "Thanks! Saved as correct. ✓"},
+    "privacy": {
+        KO: "🔒 제가 보관하는 것\n"
+            "• 답한 사진마다: 채팅·메시지·파일 번호, 사진의 해시, 제 답과 확신도, 시각 — {retention}일 동안 (라벨이 된 "
+            "사진은 라벨과 함께)\n"
+            "• 라벨(고치기·✅·버튼)마다: 라벨, 상태, 그리고 사진 한 장(작게 줄이고 위치 정보 등 메타데이터는 지워서) — "
+            "승인된 라벨은 모델 학습에 쓰는 동안, 확인 안 된 라벨은 {pending}일, 거절된 라벨은 {retention}일\n"
+            "• 사용자 기록: 처음 본 날, 신뢰·차단 여부\n"
+            "왜: 김치를 알아보고, 고쳐 주신 사진으로 모델을 더 낫게 하려고요.\n"
+            "누가 보나요: 이 봇의 관리자만요. 이미 학습된 모델은 배운 것을 지니고 있어요.\n"
+            "/mydata — 보관된 모든 것의 사본(zip, 하루 한 번)\n"
+            "/forget — 모두 지우기 (확인 후)",
+        EN: "🔒 What I keep\n"
+            "• For each photo I answered: chat, message and file ids, the photo's hash, my answer and how sure I was, "
+            "the time — for {retention} days (a photo that became a label, as long as the label)\n"
+            "• For each label you gave (a fix, ✅, a button): the label, its status, and one copy of the photo "
+            "(scaled down, with location and all other metadata removed) — accepted ones while the model trains on "
+            "them, unconfirmed ones {pending} days, declined ones {retention} days\n"
+            "• Your record: when I first saw you, whether you are trusted or blocked\n"
+            "Why: to tell the kimchi, and to make the model better from your fixes.\n"
+            "Who sees it: this bot's admins only. Models already trained keep what they learnt.\n"
+            "/mydata — a copy of all of it (a zip, once a day)\n"
+            "/forget — erase all of it (after a confirmation)",
+    },
+    "privacy_contact": {KO: "문의: {contact}", EN: "Questions: {contact}"},
+    "privacy_url": {KO: "자세히: {url}", EN: "More: {url}"},
+    "mydata_empty": {KO: "보관된 것이 없어요.", EN: "I keep nothing about you."},
+    "mydata_caption": {KO: "보관된 모든 것이에요 (예측 {predictions}건, 라벨 {labels}건).",
+                       EN: "Everything I keep about you ({predictions} predictions, {labels} labels)."},
+    "mydata_limit": {KO: "사본은 하루에 한 번 보내 드려요. 내일 다시 해 주세요.",
+                     EN: "I send a copy once a day; please ask again tomorrow."},
+    "forget_ask": {KO: "정말 지울까요? 답한 사진, 라벨과 사진 파일, 사용자 기록을 모두 지워요. 되돌릴 수 없어요.",
+                   EN: "Erase everything I keep about you? Your answered photos, labels with their photos and your "
+                       "record go, for good."},
+    "btn_forget_yes": {KO: "🗑 모두 지우기", EN: "🗑 Erase all"},
+    "btn_forget_no": {KO: "취소", EN: "Cancel"},
+    "forget_done": {KO: "지웠어요: 예측 {predictions}건, 라벨 {labels}건. 이미 학습된 모델은 배운 것을 지니고 있지만, "
+                        "다음 재학습에는 쓰지 않아요.",
+                    EN: "Erased: {predictions} predictions and {labels} labels. Models already trained keep what they "
+                        "learnt, but the next retrain will not use your labels."},
+    "forget_cancelled": {KO: "취소했어요. 아무것도 지우지 않았어요.", EN: "Cancelled; nothing was erased."},
+    "stats_erasures": {KO: "지우기 요청: {n}건", EN: "erasures: {n}"},
     "saved_stale": {KO: "이 사진은 더 나중에 보내 주신 {name}(으)로 이미 저장돼 있어요. 그대로 둘게요.",
                     EN: "You already labelled this photo {name} in a later message; I kept that."},
     "saved_rejected": {KO: "관리자가 이 사진의 {name} 라벨을 이미 거절했어요. 학습에는 쓰지 않아요.",
@@ -265,6 +308,7 @@ TEXTS: dict[str, dict[str, str]] = {
     "cmd_start": {KO: "시작", EN: "start"},
     "cmd_help": {KO: "도움말", EN: "help"},
     "cmd_classes": {KO: "김치 11종", EN: "the 11 kinds"},
+    "cmd_privacy": {KO: "보관하는 정보, 사본, 지우기", EN: "what I keep; a copy; erase it"},
     "cmd_correct": {KO: "고치기: /correct 깍두기", EN: "fix an answer: /correct kkakdugi"},
 }
 
@@ -327,4 +371,5 @@ SOURCE_KEYS = {"correction": "source_correction", "confirm": "source_confirm", "
 def command_menu(lang: str) -> list[tuple[str, str]]:
     """(command, description) pairs for Telegram's command menu."""
     return [("start", say("cmd_start", lang)), ("help", say("cmd_help", lang)),
-            ("classes", say("cmd_classes", lang)), ("correct", say("cmd_correct", lang))]
+            ("classes", say("cmd_classes", lang)), ("correct", say("cmd_correct", lang)),
+            ("privacy", say("cmd_privacy", lang))]

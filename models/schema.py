@@ -116,4 +116,17 @@ MIGRATIONS: list[str] = [
     """
     UPDATE retrain_runs SET status='kept' WHERE status='rejected';
     """,
+    # 7: people's data. /forget and the retention purge find a user's rows and old rows by index; an erasure
+    # is counted (when, how much), never who asked.
+    """
+    CREATE INDEX predictions_of_user ON predictions(user_id);
+    CREATE INDEX predictions_by_age ON predictions(created_at);
+    CREATE INDEX corrections_by_age ON corrections(status, created_at);
+    CREATE TABLE erasures (
+        id INTEGER PRIMARY KEY,
+        erased_at TEXT NOT NULL,
+        predictions INTEGER NOT NULL,
+        labels INTEGER NOT NULL
+    );
+    """,
 ]

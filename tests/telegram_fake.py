@@ -185,6 +185,12 @@ class FakeTelegram:
                   "file_size": len(data)}]
         return self._bot_message(params, photo=photo, caption=params.get("caption"))
 
+    async def _m_sendDocument(self, params, files):
+        data = files.get("document", b"")
+        file_id = self.add_file(data) if data else str(params.get("document"))
+        document = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(data)}
+        return self._bot_message(params, document=document, caption=params.get("caption"))
+
     async def _m_editMessageText(self, params, files):
         message = self.messages.get((int(params["chat_id"]), int(params["message_id"])))
         if message is None:

@@ -224,6 +224,25 @@ def cmd_export_dataset(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, home: Home) -> int:
+    from models.backup import backup
+
+    result = backup(home, Path(args.out), all_versions=args.all_versions)
+    print(f"{result.labels} labels, {result.files} files ({result.bytes / 1e6:.1f} MB), models: "
+          f"{', '.join(result.versions) or 'none'}; {result.seconds:.1f} s")
+    print(result.path)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, home: Home) -> int:
+    from models.backup import restore
+
+    result = restore(Path(args.archive), home)
+    print(f"restored {result.labels} labels, {result.files} files into {result.home} in {result.seconds:.1f} s; "
+          f"start the bot with KIMCHI_HOME={result.home} (kimchi-bot --check first)")
+    return 0
+
+
 def cmd_import_model(args: argparse.Namespace, home: Home) -> int:
     from training.convert import import_fastai_export
 
@@ -387,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zip", action="store_true", help="also pack OUT into OUT.zip")
     p.set_defaults(func=cmd_export_dataset)
 
+    p = sub.add_parser("backup", help="one archive of the database (consistent while the bot runs), users' photos, "
+                                      "the serving model and the holdout key")
+    p.add_argument("out", nargs="?", default=".", help="a folder (a dated .tar in it) or a file name (default: .)")
+    p.add_argument("--all-versions", action="store_true", help="every model version, not only the serving one")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="a backup into an empty KIMCHI_HOME (--home DIR), every file checked")
+    p.add_argument("archive")
+    p.set_defaults(func=cmd_restore)
+
     p = sub.add_parser("import-model", help="convert a fastai learn.export() .pkl to the safe format")
     p.add_argument("file")
     p.add_argument("--trust-pickle", action="store_true",
@@ -446,7 +475,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` runs it again under accelerate
     home = Home.from_env(args.home)
-    setup_logging(home.logs / "kimchi-train.log", logging.DEBUG if args.verbose else logging.WARNING)
+    # a restore needs its home empty: it logs to the console only
+    log_file = None if args.command == "restore" else home.logs / "kimchi-train.log"
+    setup_logging(log_file, logging.DEBUG if args.verbose else logging.WARNING)
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
