@@ -156,3 +156,41 @@ async def test_retention_purges_what_is_older_than_the_settings_and_nothing_newe
     left = {r[0] for r in rows(home, "SELECT id FROM predictions")}
     assert left == {made["new_pending"], made["old_accepted"], made["new_photo"]}
     assert len(list(home.corrections.rglob("*.jpg"))) == 2  # the accepted one and the new pending one
+
+
+async def test_a_bot_killed_during_an_erase_leaves_all_or_nothing_after_restart(trained_copy, fake, tmp_path):
+    """kill -9 of the bot the moment /forget's confirmation is taken (the erase runs right after): the next
+    start leaves the person either whole (rows and photos) or gone (rows and photos), and the other untouched."""
+    import signal
+
+    from tests.botkit import spawn_bot
+
+    home, jin, kai = trained_copy.home, user(8101, "en"), user(8102, "en")
+    process = spawn_bot(home, fake, tmp_path, KIMCHI_CORRECTION_POLICY="open", KIMCHI_ACTION_RATE_LIMIT="0")
+    try:
+        await fake.wait_for(lambda c: c.method == "setMyCommands", timeout=90)
+        for n, (who, seed) in enumerate([(jin, 200 + i) for i in range(12)] + [(kai, 300)], 1):
+            await label(fake, who, seed, 4 + seed % 5)
+            await fake.wait_for(lambda c: c.method == "editMessageText", count=n, timeout=60)
+        await fake.send_text(jin, "/forget")
+        ask = (await fake.wait_for(lambda c: "Erase everything" in c.params.get("text", "")))[0]
+        answers = len([c for c in fake.calls if c.method == "answerCallbackQuery"])
+        await fake.tap(jin, fake.messages[(jin["id"], ask.result["message_id"])], "pv:forget:yes")
+        await fake.wait_for(lambda c: c.method == "answerCallbackQuery", count=answers + 1, timeout=30)
+        process.send_signal(signal.SIGKILL)  # the erase is starting, running or just done
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    async with running_bot(home, fake, KIMCHI_CORRECTION_POLICY="open"):
+        await answered(fake, user(8103, "en"), photo_bytes(0, 400))  # the restart is up (reconcile ran)
+    mine = rows(home, "SELECT path FROM corrections WHERE user_id=?", (jin["id"],))
+    predictions = rows(home, "SELECT COUNT(*) FROM predictions WHERE user_id=?", (jin["id"],))[0][0]
+    files = {p.name for p in home.corrections.rglob("*.jpg")}
+    kais = rows(home, "SELECT path FROM corrections WHERE user_id=?", (kai["id"],))
+    assert len(kais) == 1 and kais[0]["path"].rsplit("/", 1)[1] in files
+    if mine:  # nothing happened
+        assert len(mine) == 12 and predictions == 12 and {r["path"].rsplit("/", 1)[1] for r in mine} <= files
+    else:  # all of it
+        assert predictions == 0 and len(files) == 1
+        assert rows(home, "SELECT COUNT(*) FROM erasures")[0][0] == 1

@@ -14,7 +14,8 @@ from tests.botkit import TOKEN, refused
 from training.cli import build_parser
 
 SECRET = "s3cret-webhook_token"
-ACCEPTS_ANY_TEXT = {"TELEGRAM_API_BASE_URL", "TELEGRAM_API_FILE_URL", "KIMCHI_HOME", "KIMCHI_WEBHOOK_SECRET"}
+ACCEPTS_ANY_TEXT = {"TELEGRAM_API_BASE_URL", "TELEGRAM_API_FILE_URL", "KIMCHI_HOME", "KIMCHI_WEBHOOK_SECRET",
+                    "KIMCHI_PRIVACY_CONTACT", "KIMCHI_PRIVACY_URL"}
 
 
 def load(tmp_path, env_file=None, **values: str) -> Settings:
