@@ -82,5 +82,6 @@ async def purge(context: ContextTypes.DEFAULT_TYPE) -> None:
     """The daily job: rows and photos past KIMCHI_RETENTION_DAYS and KIMCHI_PENDING_EXPIRE_DAYS."""
     svc = services(context)
     done = await svc.personal.purge(svc.settings.retention_days, svc.settings.pending_expire_days)
-    log.info("retention purge: %d predictions, %d pending and %d rejected labels, %d photo files removed",
-             done.predictions, done.pending, done.rejected, done.files)
+    cached = svc.photos.expire(svc.settings.retention_days * 86400)
+    log.info("retention purge: %d predictions, %d pending and %d rejected labels, %d photo files, %d cached photos "
+             "removed", done.predictions, done.pending, done.rejected, done.files, cached)

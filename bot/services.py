@@ -118,6 +118,7 @@ class PhotoCache:
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_at: dict[str, float] = {}
         self._size = 0
 
     def put(self, key: str | None, data: bytes) -> None:
@@ -127,13 +128,14 @@ class PhotoCache:
             self._items.move_to_end(key)
             return
         self._items[key] = data
+        self._cached_at[key] = time.monotonic()
         self._size += len(data)
         while self._size > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self._size -= len(old)
+            self.forget(next(iter(self._items)))
 
     def forget(self, key: str) -> None:
         data = self._items.pop(key, None)
+        self._cached_at.pop(key, None)
         if data is not None:
             self._size -= len(data)
 
@@ -142,6 +144,14 @@ class PhotoCache:
             return None
         self._items.move_to_end(key)
         return self._items[key]
+
+    def expire(self, max_age_s: float) -> int:
+        """Forget photos first cached more than `max_age_s` ago (the retention period); how many went."""
+        cutoff = time.monotonic() - max_age_s
+        old = [key for key, at in self._cached_at.items() if at < cutoff]
+        for key in old:
+            self.forget(key)
+        return len(old)
 
 
 @dataclass

@@ -194,3 +194,15 @@ async def test_a_bot_killed_during_an_erase_leaves_all_or_nothing_after_restart(
     else:  # all of it
         assert predictions == 0 and len(files) == 1
         assert rows(home, "SELECT COUNT(*) FROM erasures")[0][0] == 1
+
+
+def test_cached_photos_expire_with_the_retention_period():
+    import time
+
+    from bot.services import PhotoCache
+
+    cache = PhotoCache()
+    cache.put("old", b"1" * 10)
+    time.sleep(0.05)
+    cache.put("new", b"2" * 10)
+    assert cache.expire(0.03) == 1 and cache.get("old") is None and cache.get("new") == b"2" * 10
