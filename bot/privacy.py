@@ -6,7 +6,7 @@ import logging
 import re
 from datetime import time as daytime
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Update
+from telegram import Chat, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, Update
 from telegram.ext import ContextTypes
 
 from bot.services import lang_of, sender_id, services
@@ -33,10 +33,20 @@ async def privacy(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_text(privacy_text(services(context).settings, lang_of(update)))
 
 
+async def in_private(update: Update) -> bool:
+    """A copy or an erase only in a private chat: in a group, the zip would go to everyone there."""
+    if update.effective_chat is not None and update.effective_chat.type == Chat.PRIVATE:
+        return True
+    await update.effective_message.reply_text(say("privacy_private_only", lang_of(update)), do_quote=True)
+    return False
+
+
 async def mydata(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/mydata`: a zip of everything kept about the sender, as a document; once a day, built off the loop."""
     svc, lang, who = services(context), lang_of(update), sender_id(update)
     message = update.effective_message
+    if not await in_private(update):
+        return
     if who is None:
         await message.reply_text(say("mydata_empty", lang))
         return
@@ -54,6 +64,8 @@ async def mydata(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 async def forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """`/forget`: ask first; the buttons carry no id, the tap's sender is who is erased."""
     lang = lang_of(update)
+    if not await in_private(update):
+        return
     keyboard = InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_forget_yes", lang), callback_data="pv:forget:yes"),
                                       InlineKeyboardButton(say("btn_forget_no", lang), callback_data="pv:forget:no")]])
     await update.effective_message.reply_text(say("forget_ask", lang), reply_markup=keyboard)

@@ -68,6 +68,8 @@ TEXTS: dict[str, dict[str, str]] = {
     },
     "privacy_contact": {KO: "문의: {contact}", EN: "Questions: {contact}"},
     "privacy_url": {KO: "자세히: {url}", EN: "More: {url}"},
+    "privacy_private_only": {KO: "이 명령은 저와의 1:1 채팅에서만 돼요. 여기서는 다른 사람들도 보게 되니까요.",
+                             EN: "Please send this to me in a private chat: here, everyone in the group would see it."},
     "mydata_empty": {KO: "보관된 것이 없어요.", EN: "I keep nothing about you."},
     "mydata_caption": {KO: "보관된 모든 것이에요 (예측 {predictions}건, 라벨 {labels}건).",
                        EN: "Everything I keep about you ({predictions} predictions, {labels} labels)."},

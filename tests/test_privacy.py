@@ -53,6 +53,8 @@ async def test_privacy_mydata_and_forget(trained_copy, fake, tmp_path):
         await fake.wait_for(lambda c: c.method == "editMessageText", count=5)
         await answered(fake, hana, photo_bytes(0, 4))  # one more photo, never labelled
 
+        group = await fake.send_text(hana, "/mydata", chat_id=-4242)  # in a group: never the zip
+        assert "private chat" in (await fake.reply_to(group)).params["text"]
         await fake.send_text(hana, "/mydata")
         (sent_zip,) = await fake.wait_for(lambda c: c.method == "sendDocument")
         await fake.send_text(hana, "/mydata")
