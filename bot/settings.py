@@ -352,6 +352,8 @@ def _sentence(err: ValidationError) -> str:
     if not first["loc"]:  # a check across variables words its whole sentence
         return str(first["ctx"]["error"])
     name, kind, raw = first["loc"][0], first["type"], str(first["input"]).strip()
+    if name in Settings.model_fields:  # a default that failed its check is reported by the field's name
+        name = Settings.model_fields[name].alias
     if kind == "value_error":  # the checks above
         return f"{name} {first['ctx']['error']}"
     if kind.startswith("int_"):

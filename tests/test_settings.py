@@ -97,3 +97,10 @@ def test_train_args_outside_the_recipe_or_with_a_bad_value_stop_the_bot_before_i
         monkeypatch.setenv("KIMCHI_TRAIN_ARGS", value)
         refused(capsys, bot_main, ["--check"], "KIMCHI_TRAIN_ARGS", needle, program="kimchi-bot: ")
     assert not (tmp_path / "home").exists()  # refused before anything was made
+
+
+def test_a_missing_token_is_named_by_its_variable(tmp_path):
+    """No TELEGRAM_BOT_TOKEN at all (the default fails its check): the sentence names the variable."""
+    with pytest.raises(KimchiError) as err:
+        Settings.load(environ={"KIMCHI_HOME": str(tmp_path)}, env_file=None)
+    assert str(err.value).startswith("TELEGRAM_BOT_TOKEN is not set: open Telegram")
