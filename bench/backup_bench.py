@@ -79,7 +79,7 @@ async def forget_one(home: Home) -> float:
     store = await Store.open(home.database, home.corrections)
     try:
         start = time.perf_counter()
-        erased = await PersonalData(store.db, store.photos).forget(1, keep_block=False)
+        erased = await PersonalData(store.db, store.photos).forget(1)
         elapsed = time.perf_counter() - start
     finally:
         await store.close()

@@ -77,13 +77,20 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
     return statistics.median(times)
 
 
-def rss_mb() -> float:
-    """Resident set size of this process (Linux)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
+def _status_mb(field: str, pid: int | str = "self") -> float:
+    """A memory figure of /proc/PID/status (Linux), in MB; NaN when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process."""
+    return _status_mb("VmRSS")
 
 
 def machine() -> dict[str, Any]:
@@ -118,14 +125,8 @@ def checkout(rev: str):
 
 
 def peak_rss_mb(pid: int) -> float:
-    """The peak resident set size of process `pid` so far (Linux VmHWM)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    """The peak resident set size of process `pid` so far (VmHWM)."""
+    return _status_mb("VmHWM", pid)
 
 
 def write_cycled(folder: Path, blobs: list[bytes], n: int) -> list[Path]:

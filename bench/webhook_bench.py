@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,12 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, percentile, report  # noqa: E402
 
 SECRET = "bench-secret_0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ms(values: list[float], q: float) -> float:
@@ -73,7 +66,7 @@ async def burst(fake, people: list[dict], connections: int | None = None) -> dic
 
 async def run_mode(mode: str, users: int, root: Path) -> list[dict]:
     from models.home import Home
-    from tests.botkit import TOKEN, spawn_bot
+    from tests.botkit import TOKEN, free_port, spawn_bot
     from tests.telegram_fake import FakeTelegram, user
 
     home = Home(root / mode).ensure()

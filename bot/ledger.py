@@ -18,7 +18,7 @@ from bot.trust import EARNS_TRUST, STICKY, Basis, Policy, Standing, Verdict, is_
 from models.clock import stamp
 from models.status import Source, Status
 
-_SAME_PHOTO = "(c.sha256=? OR (c.file_unique_id IS NOT NULL AND c.file_unique_id=?))"
+_SAME_PHOTO = "(sha256=? OR (file_unique_id IS NOT NULL AND file_unique_id=?))"  # of one table's rows
 
 
 class Ledger:
@@ -30,26 +30,40 @@ class Ledger:
     async def standing(self, user_id: int | None) -> Standing:
         if user_id is None:
             return Standing()
-        row = await self.db.one("SELECT trusted, blocked, first_seen FROM users WHERE user_id=?", (user_id,))
-        accepted, rejected, vetted = await self.db.one(
-            "SELECT SUM(status=? AND basis IN (?, ?) AND source NOT IN (?, ?)"
+        return (await self.standings({user_id}))[user_id]
+
+    async def standings(self, user_ids: set[int]) -> dict[int, Standing]:
+        """Each user's standing in two queries however many users (agreement asks for every voter of a photo)."""
+        ids = sorted(user_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        users = {r["user_id"]: r for r in await self.db.all(
+            f"SELECT user_id, trusted, blocked, first_seen FROM users WHERE user_id IN ({marks})", ids)}
+        counts = {r[0]: r[1:] for r in await self.db.all(
+            "SELECT user_id, SUM(status=? AND basis IN (?, ?) AND source NOT IN (?, ?)"
             " AND corrected_label != COALESCE(predicted_label, '')),"
-            " SUM(status=? AND basis=?), SUM(status=? AND basis=?) FROM corrections WHERE user_id=?",
+            f" SUM(status=? AND basis=?), SUM(status=? AND basis=?) FROM corrections WHERE user_id IN ({marks})"
+            " GROUP BY user_id",
             (Status.ACCEPTED, *EARNS_TRUST, Source.CONFIRM, Source.ASK, Status.REJECTED, Basis.ADMIN,
-             Status.ACCEPTED, Basis.ADMIN, user_id))
-        return Standing(bool(row and row["trusted"]), bool(row and row["blocked"]), accepted or 0, rejected or 0,
-                        vetted or 0, row["first_seen"] if row else None)
+             Status.ACCEPTED, Basis.ADMIN, *ids))}
+        out = {}
+        for uid in ids:
+            row, (accepted, rejected, vetted) = users.get(uid), counts.get(uid, (0, 0, 0))
+            out[uid] = Standing(bool(row and row["trusted"]), bool(row and row["blocked"]), accepted or 0,
+                                rejected or 0, vetted or 0, row["first_seen"] if row else None)
+        return out
 
     async def agreeing_users(self, sha256: str, file_unique_id: str | None, label: str,
                              voter: int | None) -> int:
         """Distinct seasoned, unblocked people who gave `label` to this photo (same bytes or same Telegram
         file), counting `voter`, whose label is being saved, if seasoned too."""
         users = {r[0] for r in await self.db.all(
-            f"SELECT DISTINCT c.user_id FROM corrections c WHERE {_SAME_PHOTO} AND c.corrected_label=?"
-            " AND c.user_id IS NOT NULL AND c.status != ?", (sha256, file_unique_id, label, Status.REJECTED))}
+            f"SELECT DISTINCT user_id FROM corrections WHERE {_SAME_PHOTO} AND corrected_label=?"
+            " AND user_id IS NOT NULL AND status != ?", (sha256, file_unique_id, label, Status.REJECTED))}
         if voter is not None:
             users.add(voter)
-        return sum([seasoned(self.settings, u, await self.standing(u)) for u in users])
+        return sum(seasoned(self.settings, uid, standing) for uid, standing in (await self.standings(users)).items())
 
     async def verdict(self, user_id: int | None, sha256: str, file_unique_id: str | None, label: str,
                       dispute: bool, existing: aiosqlite.Row | None = None) -> Verdict:
@@ -63,8 +77,8 @@ class Ledger:
         if is_admin or verdict.status == Status.REJECTED:
             return verdict
         rejected_before = {r[0] for r in await self.db.all(
-            f"SELECT c.user_id FROM corrections c WHERE {_SAME_PHOTO} AND c.corrected_label=?"
-            " AND c.status=? AND c.basis IN (?, ?, ?)", (sha256, file_unique_id, label, Status.REJECTED, *STICKY))}
+            f"SELECT user_id FROM corrections WHERE {_SAME_PHOTO} AND corrected_label=?"
+            " AND status=? AND basis IN (?, ?, ?)", (sha256, file_unique_id, label, Status.REJECTED, *STICKY))}
         return remembered(verdict, user_id, rejected_before, existing)
 
     async def accept_agreement(self, sha256: str, file_unique_id: str | None, label: str) -> int:
@@ -74,8 +88,7 @@ class Ledger:
             done = await tx.execute(
                 "UPDATE corrections SET status=?, basis=?, decided_at=? WHERE status=?"
                 " AND source != ? AND audit_flag IS NULL AND corrected_label=?"
-                " AND (sha256=? OR (file_unique_id IS NOT NULL AND file_unique_id=?))"
-                " AND COALESCE(user_id, 0) NOT IN (SELECT user_id FROM users WHERE blocked=1)",
+                f" AND {_SAME_PHOTO} AND COALESCE(user_id, 0) NOT IN (SELECT user_id FROM users WHERE blocked=1)",
                 (Status.ACCEPTED, Basis.AGREEMENT, stamp(), Status.PENDING, Source.DISPUTE, label, sha256,
                  file_unique_id))
         return done.rowcount
@@ -123,14 +136,12 @@ class Ledger:
         gave or decided them; returns how many moved."""
         admins = sorted(self.settings.admin_ids) or [0]
         marks = ",".join("?" * len(admins))
-        moved = 0
+        at = stamp()
         async with self.db.write() as tx:
-            for sha, flag in flagged.items():
-                moved += (await tx.execute(
-                    f"UPDATE corrections SET status=?, basis=NULL, audit_flag=?, decided_at=? WHERE sha256=?"
-                    f" AND status=? AND decided_by IS NULL AND COALESCE(user_id, 0) NOT IN ({marks})",
-                    (Status.PENDING, flag, stamp(), sha, Status.ACCEPTED, *admins))).rowcount
-        return moved
+            return await tx.executemany(
+                f"UPDATE corrections SET status=?, basis=NULL, audit_flag=?, decided_at=? WHERE sha256=?"
+                f" AND status=? AND decided_by IS NULL AND COALESCE(user_id, 0) NOT IN ({marks})",
+                [(Status.PENDING, flag, at, sha, Status.ACCEPTED, *admins) for sha, flag in flagged.items()])
 
     async def counts(self) -> dict[str, int]:
         """Labels by status, each status named (0 when none)."""

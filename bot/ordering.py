@@ -41,7 +41,6 @@ class PerUserOrder(BaseUpdateProcessor):
 
     def __init__(self, max_running: int) -> None:
         super().__init__(WAITING_LIMIT)
-        self.max_running = max_running
         self._running = asyncio.Semaphore(max_running)
         self._turns: dict[tuple[str, int], tuple[asyncio.Lock, int]] = {}  # lock, updates holding or waiting
 
@@ -69,10 +68,6 @@ class PerUserOrder(BaseUpdateProcessor):
                 del self._turns[key]  # a sender with nothing waiting costs no memory
             else:
                 self._turns[key] = (lock, users - 1)
-
-    @property
-    def senders_waiting(self) -> int:
-        return len(self._turns)
 
     async def initialize(self) -> None:
         """Nothing to set up."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from bot.db import Database, Transaction
+from bot.db import Database
 from bot.photos import Photos
 from models.clock import stamp, utc_now
 from models.status import Status
@@ -59,8 +59,8 @@ class PersonalData:
     def __init__(self, db: Database, photos: Photos) -> None:
         self.db, self.photos = db, photos
 
-    async def file_ids(self, user_id: int) -> set[str]:
-        """Telegram's file ids of the person's photos (the bot's photo cache forgets them with the rows)."""
+    async def file_unique_ids(self, user_id: int) -> set[str]:
+        """Telegram's file_unique_ids of the person's photos (the bot's photo cache forgets them with the rows)."""
         return {r[0] for r in await self.db.all("SELECT file_unique_id FROM predictions WHERE user_id=?"
                                                 " AND file_unique_id IS NOT NULL", (user_id,))}
 
@@ -72,7 +72,7 @@ class PersonalData:
         user = await self.db.one("SELECT * FROM users WHERE user_id=?", (user_id,))
         return await asyncio.to_thread(_zip, predictions, labels, user), len(predictions), len(labels)
 
-    async def forget(self, user_id: int, keep_block: bool) -> Erased:
+    async def forget(self, user_id: int) -> Erased:
         """Erase the person: their predictions, every label on their photos or by them, their user row (a block
         stays, as the bare fact, so that an erasure cannot undo it). One transaction; the photo files no row
         names any more go after the commit (a crash between the two leaves files that the next start's
@@ -84,14 +84,12 @@ class PersonalData:
             ids = [r["id"] for r in doomed]
             await tx.executemany("DELETE FROM corrections WHERE id=?", [(i,) for i in ids])
             predictions = (await tx.execute("DELETE FROM predictions WHERE user_id=?", (user_id,))).rowcount
-            if keep_block:
-                await tx.execute("UPDATE users SET trusted=0, first_seen=NULL, updated_at=? WHERE user_id=?",
-                                 (stamp(), user_id))
-            else:
-                await tx.execute("DELETE FROM users WHERE user_id=?", (user_id,))
+            await tx.execute("UPDATE users SET trusted=0, first_seen=NULL, updated_at=? WHERE user_id=? AND blocked=1",
+                             (stamp(), user_id))  # decided inside the erase: a /block meanwhile is not lost
+            await tx.execute("DELETE FROM users WHERE user_id=? AND blocked=0", (user_id,))
             await tx.execute("INSERT INTO erasures (erased_at, predictions, labels) VALUES (?,?,?)",
                              (stamp(), predictions, len(ids)))
-            gone = await self._unnamed_after(tx, {r["path"] for r in doomed})
+            gone = await self.photos.remove_unnamed(self.db, tx, {r["path"] for r in doomed})
         return Erased(predictions, len(ids), len(gone))
 
     async def purge(self, retention_days: float, pending_days: float) -> Purged:
@@ -108,18 +106,9 @@ class PersonalData:
             predictions = (await tx.execute(
                 "DELETE FROM predictions WHERE created_at < ? AND id NOT IN (SELECT prediction_id FROM corrections)",
                 (old,))).rowcount
-            gone = await self._unnamed_after(tx, {r["path"] for r in doomed})
+            gone = await self.photos.remove_unnamed(self.db, tx, {r["path"] for r in doomed})
         return Purged(predictions, sum(r["status"] == Status.PENDING for r in doomed),
                       sum(r["status"] == Status.REJECTED for r in doomed), len(gone))
-
-    async def _unnamed_after(self, tx: Transaction, paths: set[str]) -> list[Path]:
-        """The files of `paths` that no row left names: removed once `tx` is committed (never on a rollback)."""
-        marks = ",".join("?" * len(paths))
-        still = {r[0] for r in await self.db.all(f"SELECT path FROM corrections WHERE path IN ({marks})",
-                                                 tuple(paths))} if paths else set()
-        gone = [Path(p) for p in paths - still]
-        tx.after_commit(lambda: asyncio.to_thread(lambda: [self.photos.remove(p) for p in gone]))
-        return gone
 
     async def erasures(self) -> int:
         return (await self.db.one("SELECT COUNT(*) FROM erasures"))[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import uuid
@@ -20,6 +19,7 @@ from PIL import Image
 
 from models.artifact import Preprocessing
 from models.atomic import atomic_write, fsync_dir
+from models.datafiles import jpeg_bytes
 from models.errors import KimchiError
 from models.preprocess import ImageLimits, decode_rgb, decoded_bytes, open_checked
 
@@ -73,6 +73,16 @@ class Photos:
             fsync_dir(target.parent)
         return target
 
+    async def remove_unnamed(self, db, tx, paths: set[str]) -> list[Path]:
+        """The files of `paths` that no row names once `tx` is committed: removed then (never on a rollback)."""
+        marks = ",".join("?" * len(paths))
+        still = {r[0] for r in await db.all(f"SELECT path FROM corrections WHERE path IN ({marks})",
+                                            tuple(paths))} if paths else set()
+        gone = [Path(p) for p in paths - still]
+        if gone:
+            tx.after_commit(lambda: asyncio.to_thread(lambda: [self.remove(p) for p in gone]))
+        return gone
+
     @staticmethod
     def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -114,9 +124,7 @@ def bounded_jpeg(image: bytes, limits: ImageLimits = ImageLimits()) -> bytes:
                          Image.Resampling.LANCZOS)
     clean = Image.new("RGB", img.size)  # a fresh image: nothing of the original's info travels
     clean.paste(img)
-    buf = io.BytesIO()
-    clean.save(buf, "JPEG", quality=STORED_QUALITY)
-    return buf.getvalue()
+    return jpeg_bytes(clean, STORED_QUALITY)
 
 
 def is_bounded(path: Path) -> bool:

@@ -82,10 +82,9 @@ async def forget_tap(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if m.group(1) == "no":
         await query.edit_message_text(say("forget_cancelled", lang))
         return
-    for file_id in await svc.personal.file_ids(who):
-        svc.photos.forget(file_id)
-    standing = await svc.ledger.standing(who)
-    erased = await svc.personal.forget(who, keep_block=standing.blocked)
+    for unique_id in await svc.personal.file_unique_ids(who):
+        svc.photos.forget(unique_id)
+    erased = await svc.personal.forget(who)
     log.info("an erasure: %d predictions, %d labels, %d files", erased.predictions, erased.labels, erased.files)
     await query.edit_message_text(say("forget_done", lang, predictions=erased.predictions, labels=erased.labels))
 

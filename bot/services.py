@@ -1,4 +1,4 @@
-"""What the handlers share: settings, the store, the engine, the per-user rate limit and a photo cache."""
+"""What the handlers share: settings, the store, the engine, per-sender quotas, a photo cache and people's data."""
 from __future__ import annotations
 
 import asyncio

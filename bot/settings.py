@@ -219,7 +219,7 @@ class Settings(BaseSettings):
         "", alias="KIMCHI_TRAIN_ARGS",
         description="extra `kimchi-train train` recipe flags for `/retrain`, appended to the defaults, e.g. "
                     "`--preset cpu-fast` or `--arch efficientnet_lite0 --epochs 3`; read at start by the trainer's "
-                    "own parser, so a flag outside the recipe or a bad value stops the bot there")
+                    "own parser, so a flag outside the recipe or a value of the wrong type stops the bot there (values the recipe's own checks refuse, e.g. an unknown `--arch`, are refused at `/retrain`)")
     retrain_min_per_class: int = Field(
         "10", alias="KIMCHI_RETRAIN_MIN_PER_CLASS", ge=1, le=1_000_000,
         description="`/retrain` leaves out a class with fewer training images (and says so); it refuses only "

@@ -232,11 +232,8 @@ class Store:
                         raise QuotaExceeded(used, self.quota_bytes)
                 path = await asyncio.to_thread(self.photos.install, staged, reuse, p.sha256, c.corrected_label)
                 row_id = await _write_correction_row(tx, c, path, size, existing["id"] if existing else None)
-                old = existing["path"] if existing else None
-                if old and old != str(path) and not (await self.db.one(
-                        "SELECT COUNT(*) FROM corrections WHERE path=?", (old,)))[0]:
-                    # the photo moved to its new label's folder, and no other row names the old file
-                    tx.after_commit(lambda: asyncio.to_thread(self.photos.remove, Path(old)))
+                if existing and existing["path"] != str(path):  # the photo moved to its new label's folder
+                    await self.photos.remove_unnamed(self.db, tx, {existing["path"]})
         finally:
             if staged is not None:
                 staged.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from models.atomic import fsync_dir
 from models.clock import stamp
 from models.errors import KimchiError
 from models.home import HOLDOUT_KEY, Home
@@ -132,6 +133,7 @@ def backup(home: Home, out: Path, all_versions: bool = False) -> BackupResult:
         with open(partial, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(partial, out)
+        fsync_dir(out.parent)
     return BackupResult(out, len(manifest["files"]), total, time.perf_counter() - started, labels, versions)
 
 
@@ -195,8 +197,6 @@ def restore(archive: Path, home: Home) -> RestoreResult:
             raise KimchiError(f"{damaged}: {len(missing)} file(s) are missing, e.g. {missing[0]}; nothing was "
                               f"restored.")
         labels = _repoint(staging / DATABASE, manifest.get("home", ""), root)
-        for folder in (staging / "data" / "base", staging / "models", staging / "logs"):
-            folder.mkdir(parents=True, exist_ok=True)
         if root.exists():
             root.rmdir()  # empty, checked above
         os.replace(staging, root)

@@ -63,7 +63,8 @@ def presized(img: Image.Image, presize: int) -> Image.Image:
     return img.resize((max(1, round(img.width * ratio)), max(1, round(img.height * ratio))), Image.Resampling.BILINEAR)
 
 
-def jpeg_bytes(img: Image.Image) -> bytes:
+def jpeg_bytes(img: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
+    """`img` as JPEG bytes; only what `img` carries is saved (a fresh image carries no metadata)."""
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()

@@ -112,14 +112,14 @@ async def test_an_erase_is_all_or_nothing(home):
         async with store.db.write() as tx:  # a failure half-way through the erase
             await tx.execute("CREATE TRIGGER no_erase BEFORE DELETE ON users BEGIN SELECT RAISE(ABORT, 'disk'); END")
         with pytest.raises(sqlite3.Error):
-            await personal.forget(9, keep_block=False)
+            await personal.forget(9)
         assert rows(home, "SELECT COUNT(*) FROM corrections")[0][0] == 3
         assert rows(home, "SELECT COUNT(*) FROM predictions")[0][0] == 3 and len(list(home.corrections.rglob("*.jpg"))) == 3
         async with store.db.write() as tx:
             await tx.execute("DROP TRIGGER no_erase")
         store.photos.remove = lambda path: (_ for _ in ()).throw(SystemExit("killed"))  # dies after the commit
         with pytest.raises(SystemExit):
-            await personal.forget(9, keep_block=False)
+            await personal.forget(9)
     finally:
         await store.close()
     assert rows(home, "SELECT COUNT(*) FROM corrections")[0][0] == 0 and len(list(home.corrections.rglob("*.jpg"))) == 3

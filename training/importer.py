@@ -329,6 +329,3 @@ def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table:
         job = _Job(str(path), sha, name, str(dest / name / f"{sha}.jpg"), box, presize)
         pending.append((path, sha, box, pool.submit(_process, job)))
     drain(0)
-
-
-# ---------------------------------------------------------------------------------------------
