@@ -4,6 +4,13 @@ into the embedding pass and the rest, beside the engine's classify_stream on the
     python bench/audit_bench.py                       # resnet18 with random weights (timing only)
     python bench/audit_bench.py --data /tmp/audit-5500   # keep the generated images for a rerun
     python bench/audit_bench.py --measure-threshold   # the near-duplicate study quoted in models/embed.py
+    python bench/audit_bench.py --users               # what the audit flags among users' labels (small)
+
+--users trains the test session's small model (4 classes, 160/64) and audits its training images as the base
+beside users' labels: noise (and other things that are not kimchi) labelled as kimchi by two agreeing
+accounts, labels flipped to another class, floods of one picture re-saved by one account, and honest labels.
+It prints how many of each the audit flags, once with the version's stored open-set check and once as for an
+old version without one (the audit fits a check from the base).
 
 The images are imagegen pictures stored as the import stores them: shorter side 460, JPEG quality 95.
 Random weights time exactly like trained ones; the audit's verdicts on them mean nothing. Figures are
@@ -203,6 +210,88 @@ def measure_threshold(args: argparse.Namespace) -> None:
                                    for t in thresholds), flush=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# --users: what the audit flags among users' labels
+
+def _users_items(root: Path, base: Path, args: argparse.Namespace) -> tuple[list, dict, dict]:
+    """Base items (no accounts) and users' labels by kind: (items, users, kinds)."""
+    import random
+
+    from models.datafiles import image_files, label_of
+    from tests.imagegen import OTHER_KINDS, draw_other
+    from tests.test_audit import photo
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    classes = sorted({label_of(p) for p in image_files(base)}, key=CLASS_NAMES.index)
+    items = [(p, label_of(p)) for p in image_files(base)]
+    users: dict[Path, tuple[str, ...]] = {}
+    kinds: dict[str, list[Path]] = {}
+
+    def add(kind: str, image, label: str, accounts: tuple[str, ...], quality: int = 92) -> None:
+        path = root / f"{kind}_{len(kinds.get(kind, [])):03d}.jpg"
+        image.save(path, "JPEG", quality=quality)
+        items.append((path, label))
+        users[path] = accounts
+        kinds.setdefault(kind, []).append(path)
+
+    for i in range(args.noise):  # coordinated junk: two accounts that agree on every label
+        add("noise", draw_other("noise", (200, 150), seed=500 + i), rng.choice(classes), ("1", "2"))
+    others = [k for k in OTHER_KINDS if k != "noise"]
+    for i in range(args.noise):
+        add("other", draw_other(others[i % len(others)], (200, 150), seed=600 + i), rng.choice(classes), ("1", "2"))
+    for i in range(args.flips):  # a fresh picture of one class labelled as another, each by its own account
+        c = i % len(classes)
+        wrong = classes[(c + 1 + rng.randrange(len(classes) - 1)) % len(classes)]
+        add("flipped", draw(CLASS_NAMES.index(classes[c]), (200, 150), seed=40_000 + i), wrong, (f"f{i}",))
+    for i in range(args.flips):  # honest labels: what the audit should leave alone
+        c = i % len(classes)
+        add("honest", draw(CLASS_NAMES.index(classes[c]), (200, 150), seed=50_000 + i), classes[c], (f"h{i}",))
+    for f in range(args.floods):  # one photo re-saved again and again by one account
+        c = f % len(classes)
+        # photo-like (tests/test_audit.py): imagegen's per-pixel noise changes with each re-save (models/embed.py)
+        burst = photo(CLASS_NAMES.index(classes[c]), seed=60_000 + f)
+        for i in range(args.flood_size):
+            add("flood", burst, classes[c], (f"flood{f}",), quality=95 - 3 * i)
+    return items, users, kinds
+
+
+def user_flags(args: argparse.Namespace) -> None:
+    import shutil
+
+    from models.openset import FILE
+    from models.registry import Registry
+    from training.audit import FLOOD, LABEL, NOT_KIMCHI_ISSUE, Listed, run_audit
+
+    work = Path(args.data or tempfile.mkdtemp(prefix="kimchi-audit-users-"))
+    registry, version = _session_model(work / "session")
+    old = Registry(work / "old-version")
+    if not old.root.exists():  # the same version as published before the check existed
+        shutil.copytree(registry.root, old.root)
+    (old.path(version) / FILE).unlink(missing_ok=True)
+    items, users, kinds = _users_items(work / "users", work / "session" / "data", args)
+    print(f"{len(items) - len(users)} base images, {len(users)} users' labels: "
+          + ", ".join(f"{len(v)} {k}" for k, v in kinds.items()), flush=True)
+    results: dict = {"machine": machine(), "kinds": {k: len(v) for k, v in kinds.items()}}
+    wanted = {"noise": NOT_KIMCHI_ISSUE, "other": NOT_KIMCHI_ISSUE, "flipped": LABEL, "flood": FLOOD}
+    for name, reg in (("stored check", registry), ("fitted check (old version)", old)):
+        started = time.perf_counter()
+        result = run_audit(Listed(items, users), reg, version, picture=False)
+        flags = {row.file: set(row.issues) for row in result.rows}
+        figures = {kind: sum(wanted[kind] in flags[p] for p in kinds[kind]) for kind in wanted}
+        honest = sum(bool({LABEL, NOT_KIMCHI_ISSUE, FLOOD} & flags[p]) for p in kinds["honest"])
+        why = {issue: sum(issue in flags[p] for p in kinds["honest"]) for issue in (LABEL, NOT_KIMCHI_ISSUE, FLOOD)}
+        print(f"{name}: {result.openset_note} ({time.perf_counter() - started:.1f} s)", flush=True)
+        print(f"  noise labelled as kimchi flagged not_kimchi: {figures['noise']} of {len(kinds['noise'])}; other things "
+              f"(stripes, rings …): {figures['other']} of {len(kinds['other'])}", flush=True)
+        print(f"  flipped labels flagged label: {figures['flipped']} of {len(kinds['flipped'])}; flood photos flagged "
+              f"flood: {figures['flood']} of {len(kinds['flood'])}; honest labels flagged (label, not_kimchi or "
+              f"flood): {honest} of {len(kinds['honest'])} ("
+              + ", ".join(f"{issue} {n}" for issue, n in why.items()) + ")", flush=True)
+        results[name] = {**figures, "honest_flagged": honest, "honest_by_issue": why, "note": result.openset_note}
+    report(results, args.out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=11)
@@ -214,8 +303,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     parser.add_argument("--measure-threshold", action="store_true", help="the near-duplicate similarity study instead")
     parser.add_argument("--threshold-n", type=int, default=40, help="photos per class in the study")
+    parser.add_argument("--users", action="store_true", help="what the audit flags among users' labels instead")
+    parser.add_argument("--noise", type=int, default=20, help="--users: noise pictures (and as many other things)")
+    parser.add_argument("--flips", type=int, default=40, help="--users: flipped labels (and as many honest ones)")
+    parser.add_argument("--floods", type=int, default=3, help="--users: floods, each one picture from one account")
+    parser.add_argument("--flood-size", type=int, default=8, help="--users: copies in each flood")
     args = parser.parse_args()
-    measure_threshold(args) if args.measure_threshold else timing(args)
+    if args.users:
+        user_flags(args)
+    else:
+        measure_threshold(args) if args.measure_threshold else timing(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from models.home import Home
+from models.labels import folder_label
 from models.status import Source, Status
 from models.trainset import CorrectionRow
 
@@ -52,8 +53,9 @@ def read_labels(database: Path) -> list[Labelled]:
                                " ORDER BY updated_at, id").fetchall()
     finally:
         con.close()
-    return [Labelled(r["id"], r["sha256"], r["corrected_label"], Path(r["path"]), r["user_id"], r["status"],
-                     r["source"], r["decided_by"], r["audit_flag"], r["updated_at"]) for r in rows]
+    # folder_label: NFC, and not_kimchi whatever name of it a row holds, so a retrain and an export see one class
+    return [Labelled(r["id"], r["sha256"], folder_label(r["corrected_label"]), Path(r["path"]), r["user_id"],
+                     r["status"], r["source"], r["decided_by"], r["audit_flag"], r["updated_at"]) for r in rows]
 
 
 def read_splits(database: Path) -> dict[str, str]:

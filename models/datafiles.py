@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from models.labels import nfc
+from models.labels import folder_label
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,9 @@ def image_files(folder: Path | str) -> list[Path]:
 
 
 def label_of(path: Path | str) -> str:
-    """The parent folder's name in NFC: a macOS (NFD) folder must not become a 12th class."""
-    return nfc(Path(path).parent.name)
+    """The parent folder's label: its name in NFC (a macOS (NFD) folder must not become a 12th class), and
+    `not_kimchi` for a negatives folder (김치아님, 기타, other …; models.labels.NEGATIVE_FOLDERS)."""
+    return folder_label(Path(path).parent.name)
 
 
 def file_sha256(path: Path) -> str:

@@ -39,6 +39,9 @@ class EngineConfig:
     # Batches ONNX Runtime may run at once on the CPU, one thread each; 0: see batch_plan(). 1: one batch at
     # a time on runtime_threads threads (how torch and CUDA always run).
     batch_lanes: int = 0
+    # Whether a version's open-set check (openset.safetensors, models/openset.py) judges each photo; off: the
+    # head alone answers, as before the check existed (and as benchmarks compare).
+    openset: bool = True
 
 
 LANE_CHUNK = 8  # the largest batch when batches run side by side

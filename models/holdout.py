@@ -5,6 +5,14 @@ scored on the same file can then be compared image by image (models.promotion's 
 
 Used by the trainer, which scores the candidate and the serving model after training, and by the bot,
 which scores the serving model again when it changed while a retrain ran.
+
+`not_kimchi` is a label like the classes: holdout photos labelled not_kimchi (negatives of the base set, users'
+accepted "not kimchi" labels an admin decided) are scored like any other. A version is scored by its classifier
+head (`Prediction.label`), not by the open-set verdict (`Prediction.answer`): the check is calibrated to turn
+away a share of kimchi on purpose (`--keep`), and scoring it would make a calibrated candidate lose to an
+uncalibrated serving model for that trade alone. A serving model without the not_kimchi class names none of
+those photos right, so its F1 for not_kimchi is 0 and the candidate that learnt the class is credited for it;
+the check's own figures (kimchi kept, negatives caught) are in the version's report.
 """
 from __future__ import annotations
 
@@ -39,9 +47,15 @@ def score(registry: Registry, version: str, rows: list[dict[str, Any]], device: 
     classifier = Classifier(registry, version, config)
     try:
         loaders = [(lambda p=Path(r["path"]): p.read_bytes()) for r in rows]
+        # The head's label, not the open-set answer (see the module's docstring).
         preds = [r.label if r.ok else FAILED for r in classifier.classify_stream(loaders)]
     finally:
         classifier.close()
+    return scored(version, rows, preds)
+
+
+def scored(version: str, rows: list[dict[str, Any]], preds: list[str]) -> tuple[HoldoutScore, np.ndarray, list[str]]:
+    """The score of a version whose answers for the holdout `rows` are `preds` (FAILED where it had none)."""
     labels = [r["label"] for r in rows]
     vocab = sorted(set(labels) | set(preds))
     index = {name: i for i, name in enumerate(vocab)}

@@ -1,4 +1,5 @@
-"""The 11 kimchi classes, their names in three scripts, and matching free text to one of them."""
+"""The 11 kimchi classes, their names in three scripts, the reserved label `not_kimchi`, and matching free text
+to one of them."""
 from __future__ import annotations
 
 import unicodedata
@@ -63,6 +64,18 @@ CLASSES: tuple[KimchiClass, ...] = (
                  "ponytail radish kimchi", "altari kimchi", "chonggak")),
 )
 
+# The reserved label for a photo that shows none of the classes (another dish, a cat, a selfie): a label like
+# the others for training, the audit and the holdout, shown as "김치 아님" / "Not kimchi". Its id follows the
+# classes' (callback data), and it is never one of CLASSES: "the 11 classes" stay eleven kimchi.
+NOT_KIMCHI = "not_kimchi"
+NOT_KIMCHI_CLASS = KimchiClass(len(CLASSES), NOT_KIMCHI, "not-kimchi", "not kimchi",
+                               ("김치아님", "김치 아님", "김치가 아님", "김치아니에요", "김치 아니에요", "김치가 아니에요",
+                                "아님", "not kimchi", "no kimchi", "none", "nonkimchi"))
+# Every label a photo may have: the classes, then not_kimchi.
+LABELS: tuple[KimchiClass, ...] = (*CLASSES, NOT_KIMCHI_CLASS)
+# Folder names that hold negatives in a folder-per-class tree (compared after NFC and case folding).
+NEGATIVE_FOLDERS = frozenset({NOT_KIMCHI, "김치아님", "김치 아님", "기타", "other", "others", "not-kimchi"})
+
 # Kimchi that people name but that are none of the classes: canonical Korean name -> other names.
 # A match here is told "not one of mine yet", never mapped and never offered as a typo of a class.
 NOT_CLASSES: dict[str, tuple[str, ...]] = {
@@ -93,7 +106,8 @@ NOT_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
-_BY_NAME = {c.name: c for c in CLASSES}
+LABEL_NAMES: tuple[str, ...] = tuple(c.name for c in LABELS)
+_BY_NAME = {c.name: c for c in LABELS}
 
 
 def nfc(text: str) -> str:
@@ -114,7 +128,7 @@ def _jamo(text: str) -> str:
 
 def _build_indexes() -> tuple[dict[str, KimchiClass], dict[str, str]]:
     classes: dict[str, KimchiClass] = {}
-    for cls in CLASSES:
+    for cls in LABELS:
         for name in (cls.name, cls.roman, cls.gloss, *cls.aliases):
             classes[_key(name)] = cls
     others: dict[str, str] = {}
@@ -152,17 +166,30 @@ _JAMO_BUCKETS = _build_jamo_buckets()
 
 
 def by_name(name: str) -> KimchiClass | None:
-    """The class whose Korean name is `name` (after NFC), or None."""
+    """The label whose name is `name` (after NFC): a class by its Korean name, or NOT_KIMCHI_CLASS; else None."""
     return _BY_NAME.get(nfc(name))
 
 
 def by_id(class_id: int) -> KimchiClass | None:
-    """The class with this short id, or None."""
-    return CLASSES[class_id] if 0 <= class_id < len(CLASSES) else None
+    """The label with this short id (the classes, then not_kimchi), or None."""
+    return LABELS[class_id] if 0 <= class_id < len(LABELS) else None
+
+
+def is_kimchi(name: str) -> bool:
+    """Whether `name` is one of the 11 kimchi classes (not_kimchi is not)."""
+    return nfc(name) in CLASS_NAMES
+
+
+def folder_label(name: str) -> str:
+    """The label a folder of a folder-per-class tree stands for: its name in NFC, and `not_kimchi` for any of
+    NEGATIVE_FOLDERS (김치아님, 기타, other …)."""
+    name = nfc(name)
+    return NOT_KIMCHI if name.casefold() in NEGATIVE_FOLDERS else name
 
 
 def is_known(name: str) -> bool:
-    return nfc(name) in _BY_NAME
+    """Whether a folder or label name is one of LABELS (a negatives folder counts as not_kimchi)."""
+    return folder_label(name) in _BY_NAME
 
 
 def _distance_within(a: str, b: str, limit: int) -> int | None:

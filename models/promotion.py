@@ -101,7 +101,15 @@ def decide(candidate: HoldoutScore, current: HoldoutScore | None, tolerance: flo
       per-image results (an older trainer), the macro-F1 comparison decides, with the note.
 
     Holdout images of a class the candidate was not trained on never reach the scores (models.trainset
-    leaves such a class out of the holdout list as well), so both models are judged on the same photos."""
+    leaves such a class out of the holdout list as well), so both models are judged on the same photos.
+
+    `not_kimchi` is a class of the gate like the others. When both models know it, a candidate that catches
+    fewer negatives (or calls more kimchi "not kimchi") than `class_drop` allows is refused for it. When only
+    the candidate knows it (the first retrain with negatives), the serving model names none of those photos
+    right (models.holdout scores the head), so its F1 for the class is 0: the candidate cannot lose on a class
+    the serving model never had, and the photos it now turns away count in its favour overall. Each kimchi class
+    keeps its own gate; its F1 weighs both what the candidate misses (kimchi called "not kimchi") and what it
+    no longer claims (a cat called 배추김치), as users notice both."""
     if current is None:
         return Decision(True, (Finding(Check.NO_BASELINE, True),))
     if candidate.n == 0:

@@ -154,10 +154,13 @@ class AuditedEvent(Event):
 
     kind: ClassVar[str] = "audited"
     n: int = 0
-    flagged: dict[str, list[str]] = field(default_factory=dict)  # sha256 -> issues (label, outlier, near_duplicate)
+    # sha256 -> issues: label, outlier, near_duplicate; on users' labels also not_kimchi (a kimchi label on a
+    # photo the open-set check calls not kimchi) and flood (many near-identical photos from few accounts)
+    flagged: dict[str, list[str]] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)  # near-duplicate groups of two or more
     suspects_png: str | None = None
     summary: str = ""
+    openset: str = ""  # the check behind not_kimchi: "stored" (the version's), "fitted" (by the audit), "" (none)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, help="DataLoader worker processes")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default)")
     g.add_argument("--no-normalize", dest="normalize", action="store_false", default=None)
+    g.add_argument("--openset", choices=["knn", "mahalanobis", "off"],
+                   help="the open-set check published with the version: knn (default), mahalanobis, or off")
+    g.add_argument("--keep", type=float, metavar="SHARE",
+                   help="share of validation kimchi the open-set check answers as kimchi (0.95)")
 
 
 class _RecipeOnly(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
+import logging
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -16,22 +17,29 @@ import torch
 from models.artifact import ModelMeta, read_meta
 from models.device import resolve_device
 from models.engine_config import LANE_CHUNK, EngineConfig, batch_plan, thread_plan
-from models.errors import KimchiError
+from models.errors import ArtifactError, KimchiError
+from models.openset import OpenSet
 from models.prepare import Prepared, Preparation
 from models.registry import Registry
 from models.runtimes import OnnxNet, Output, TorchNet, open_onnx
 from models.types import ImageError, Prediction
 
+log = logging.getLogger(__name__)
+
 STREAM_AHEAD = 2  # chunks per lane that stream() keeps reading and decoding ahead
 
-# What run() gives per image: a Prediction (Output.PROBABILITIES) or a float feature row (Output.POOLED),
-# or the ImageError of an image that could not be read.
-Answer = Prediction | torch.Tensor | ImageError
+# What run() gives per image: a Prediction (Output.PROBABILITIES), a float feature row (Output.POOLED), a pair
+# of probability row and feature row (Output.BOTH), or the ImageError of an image that could not be read.
+Answer = Prediction | torch.Tensor | tuple[torch.Tensor, torch.Tensor] | ImageError
 
 
 class Runner:
     """One loaded version on one device. On the CPU the network runs on ONNX Runtime when it can
-    (`config.cpu_runtime`), else on torch; either answers `output` for each image."""
+    (`config.cpu_runtime`), else on torch; either answers `output` for each image.
+
+    Predictions carry the version's open-set verdict when it has a check (models/openset.py) and
+    `config.openset` is on: the network then also answers the pooled features, from the same forward pass.
+    """
 
     def __init__(self, registry: Registry, version: str, config: EngineConfig = EngineConfig(),
                  output: Output = Output.PROBABILITIES) -> None:
@@ -41,12 +49,19 @@ class Runner:
         self.half = config.half == "on" or (config.half == "auto" and self.device.type == "cuda")
         channels_last = config.channels_last != "off"
         meta = read_meta(folder)
+        self.openset: OpenSet | None = None
+        if output is Output.PROBABILITIES and config.openset:
+            try:
+                self.openset = OpenSet.load(folder)
+            except ArtifactError as err:  # the version still answers, as one published before the check
+                log.error("%s; %s serves without its open-set check", err, version)
+        computes = Output.BOTH if self.openset is not None else output
         net: TorchNet | OnnxNet | None = None
         if self._onnx_possible():
-            net = open_onnx(folder, meta, output, thread_plan(config)[1], required=config.cpu_runtime == "onnx",
+            net = open_onnx(folder, meta, computes, thread_plan(config)[1], required=config.cpu_runtime == "onnx",
                             narrow=batch_plan(config) > 1, channels_last=channels_last)
         if net is None:
-            net, meta = TorchNet.load(folder, self.device, output, self.half, channels_last)
+            net, meta = TorchNet.load(folder, self.device, computes, self.half, channels_last)
         self.net: TorchNet | OnnxNet = net
         self.meta: ModelMeta = meta
         self.pre = meta.preprocessing
@@ -110,16 +125,23 @@ class Runner:
                 answers[i] = answer
         return answers
 
-    def _answers(self, out: torch.Tensor) -> list[Prediction] | list[torch.Tensor]:
+    def _answers(self, out) -> list[Answer]:
         if self.output is Output.POOLED:
             return list(out.unbind(0))
+        if self.output is Output.BOTH:
+            return list(zip(out[0].unbind(0), out[1].unbind(0)))
+        scores: list[float | None] = [None] * len(out if self.openset is None else out[0])
+        threshold = None
+        if self.openset is not None:
+            out, pooled = out
+            scores, threshold = self.openset.scores(pooled).tolist(), self.openset.threshold
         k = min(self.config.top_k, out.shape[1])
         values, indices = out.topk(k, dim=1)
         vocab = self.meta.vocab
         predictions = []
-        for vals, idx in zip(values.tolist(), indices.tolist()):
+        for vals, idx, score in zip(values.tolist(), indices.tolist(), scores):
             top = tuple((vocab[j], float(v)) for v, j in zip(vals, idx))
-            predictions.append(Prediction(top[0][0], top[0][1], top, self.version))
+            predictions.append(Prediction(top[0][0], top[0][1], top, self.version, openset=score, threshold=threshold))
         return predictions
 
 

@@ -34,6 +34,9 @@ class Output(enum.Enum):
     # of models/embed.py. On ONNX Runtime on the CPU too: torch eager made the embedding pass 0.81x the
     # engine's throughput (resnet18 at 460/224 on a 2-core CPU; bench/audit_bench.py).
     POOLED = "pooled"
+    # Both from one forward pass, as a pair: what the engine runs when a version has an open-set check
+    # (models/openset.py), and what its calibration and the audit read.
+    BOTH = "both"
 
 
 class TorchNet:
@@ -46,11 +49,19 @@ class TorchNet:
                  channels_last: bool) -> None:
         self.model, self.device, self.output = model, device, output
         self.half, self.channels_last = half, channels_last
-        if output is Output.POOLED:  # head[0] is AdaptiveConcatPool2d and head[1] Flatten
+        if output is Output.PROBABILITIES:
+            self.net, self.finish = model, lambda logits: torch.softmax(logits.float(), dim=1).cpu()
+        else:  # head[0] is AdaptiveConcatPool2d and head[1] Flatten; the rest of the head reads their output
             body, head = model[0], model[1]
-            self.net, self.finish = body, lambda features: head[1](head[0](features))
-        else:
-            self.net, self.finish = model, lambda logits: torch.softmax(logits, dim=1)
+            self.net = body
+
+            def finish(features: torch.Tensor):
+                pooled = head[1](head[0](features))
+                if output is Output.POOLED:
+                    return pooled.float().cpu()
+                return torch.softmax(head[2:](pooled).float(), dim=1).cpu(), pooled.float().cpu()
+
+            self.finish = finish
 
     @classmethod
     def load(cls, folder: Path, device: torch.device, output: Output, half: bool = False,
@@ -61,17 +72,16 @@ class TorchNet:
             model = model.to(memory_format=torch.channels_last)
         return cls(model, device, output, half, channels_last), meta
 
-    def __call__(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
-        """A normalised float batch on the device to the output on the CPU; `wide` means nothing to torch."""
+    def __call__(self, x: torch.Tensor, wide: bool = True):
+        """A normalised float batch on the device to the output on the CPU (a pair for Output.BOTH); `wide`
+        means nothing to torch."""
         with torch.inference_mode():
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.half:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    out = self.net(x)
-            else:
-                out = self.net(x)
-            return self.finish(out.float()).cpu()
+                    return self.finish(self.net(x))
+            return self.finish(self.net(x))
 
 
 class OnnxNet:
@@ -84,21 +94,24 @@ class OnnxNet:
     # adds in other orders (measured ~1e-6; the export's own check allows 1e-4 on probabilities).
     POOLED_TOLERANCE = 1e-3
 
-    def __init__(self, output: Output, name: str, wide, narrow=None) -> None:
-        self.output, self.name = output, name
+    def __init__(self, output: Output, names: list[str], wide, narrow=None) -> None:
+        self.output, self.names = output, names
         self.wide, self.narrow = wide, narrow
 
     @property
     def side_by_side(self) -> bool:
         return self.narrow is not None
 
-    def __call__(self, x: torch.Tensor, wide: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, wide: bool = True):
         from models.onnx_export import INPUT
 
         session = self.wide if wide or self.narrow is None else self.narrow
         with torch.inference_mode():
-            out = torch.from_numpy(session.run([self.name], {INPUT: x.contiguous().numpy()})[0])
-            return torch.softmax(out, dim=1) if self.output is Output.PROBABILITIES else out
+            outs = [torch.from_numpy(o) for o in session.run(self.names, {INPUT: x.contiguous().numpy()})]
+            if self.output is Output.POOLED:
+                return outs[0]
+            probabilities = torch.softmax(outs[0], dim=1)
+            return probabilities if self.output is Output.PROBABILITIES else (probabilities, outs[1])
 
 
 def open_onnx(folder: Path, meta: ModelMeta, output: Output, threads: int, *, required: bool, narrow: bool = False,
@@ -115,7 +128,7 @@ def open_onnx(folder: Path, meta: ModelMeta, output: Output, threads: int, *, re
     try:
         options = [ort_options(threads, alone=True), ort_options(1)] if narrow and threads > 1 else [ort_options(threads)]
         net = _sessions(folder, meta, output, options)
-        if output is Output.POOLED:
+        if output is not Output.PROBABILITIES:
             _check_pooled(net, folder, meta.preprocessing.size, channels_last)
         return net
     except Exception as err:
@@ -149,19 +162,19 @@ def ort_options(threads: int, alone: bool = False):
 
 def _sessions(folder: Path, meta: ModelMeta, output: Output, options: list) -> OnnxNet:
     """One session per entry of `options` (see ort_options), the first wide, on the version's checked
-    model.onnx; for pooled features, on its graph cut after the head's pooling."""
+    model.onnx; for pooled features, on its graph answering the head's pooling too (or instead)."""
     import onnxruntime as ort
 
     from models.onnx_export import OUTPUT
 
     source, checked = _checked_model(folder, meta, options[0])
-    if output is Output.POOLED:
-        source, name = _cut_at_pool(source)
-        sessions = []
+    if output is Output.PROBABILITIES:
+        names, sessions, options = [OUTPUT], [checked], options[1:]
     else:
-        name, sessions, options = OUTPUT, [checked], options[1:]
+        source, pooled = _with_pool(source, keep_logits=output is Output.BOTH)
+        names, sessions = ([OUTPUT, pooled] if output is Output.BOTH else [pooled]), []
     sessions += [ort.InferenceSession(source, o, providers=CPU) for o in options]
-    return OnnxNet(output, name, *sessions)
+    return OnnxNet(output, names, *sessions)
 
 
 def _checked_model(folder: Path, meta: ModelMeta, options):
@@ -188,22 +201,25 @@ def _checked_model(folder: Path, meta: ModelMeta, options):
     return data, ort.InferenceSession(data, options, providers=CPU)
 
 
-def _cut_at_pool(source: str | bytes) -> tuple[bytes, str]:
-    """The graph answering with the head's flattened pool instead of logits, and that output's name."""
+def _with_pool(source: str | bytes, keep_logits: bool) -> tuple[bytes, str]:
+    """The graph answering the head's flattened pool, instead of the logits or (`keep_logits`) after them,
+    and that output's name. Without the logits, ONNX Runtime prunes the rest of the head."""
     import onnx
 
     graph = onnx.load_model_from_string(source) if isinstance(source, bytes) else onnx.load(source)
     flat = [node for node in graph.graph.node if node.op_type == "Flatten"][-1]  # the head's; bodies have none
-    del graph.graph.output[:]
+    if not keep_logits:
+        del graph.graph.output[:]
     graph.graph.output.append(onnx.helper.make_tensor_value_info(flat.output[0], onnx.TensorProto.FLOAT, None))
     return graph.SerializeToString(), flat.output[0]
 
 
 def _check_pooled(net: OnnxNet, folder: Path, size: int, channels_last: bool) -> None:
-    """Raise unless the cut graph gives torch's pooled features on a random batch (a wrong cut is caught here)."""
+    """Raise unless the graph gives torch's pooled features on a random batch (a wrong cut is caught here)."""
     reference_net, _ = TorchNet.load(folder, torch.device("cpu"), Output.POOLED, channels_last=channels_last)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     reference = reference_net(x)
-    gap = float((net(x) - reference).abs().max() / reference.abs().max().clamp(min=1.0))
+    pooled = net(x)[1] if net.output is Output.BOTH else net(x)
+    gap = float((pooled - reference).abs().max() / reference.abs().max().clamp(min=1.0))
     if gap > OnnxNet.POOLED_TOLERANCE:
         raise ArtifactError(f"its pooled features differ from torch's by {gap:.1e}")

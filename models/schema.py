@@ -129,4 +129,9 @@ MIGRATIONS: list[str] = [
         labels INTEGER NOT NULL
     );
     """,
+    # 8: the review desk shows who gave a label by name: the labeller's Telegram name as they last sent it
+    # (personal data: in /mydata, gone with /forget)
+    """
+    ALTER TABLE users ADD COLUMN name TEXT;
+    """,
 ]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from models.datafiles import file_sha256, image_files, label_of, read_manifest
-from models.labels import nfc
+from models.labels import folder_label
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def base_items(base: Path) -> dict[str, Item]:
         for row in rows:
             path = base / row["path"]
             if path.is_file():
-                items[row["sha256"]] = Item(row["sha256"], nfc(row["class"]), path, "base")
+                items[row["sha256"]] = Item(row["sha256"], folder_label(row["class"]), path, "base")
     elif base.is_dir():
         for path in image_files(base):
             sha = file_sha256(path)
@@ -86,10 +86,13 @@ def base_items(base: Path) -> dict[str, Item]:
 
 
 def collect_items(base: Path, corrections: Iterable[CorrectionRow]) -> Collected:
-    """Base images and corrections, one per sha256."""
+    """Base images and corrections, one per sha256. A label is a folder's name in the retrain's folder:
+    not_kimchi (under any of its folder names) is a class like the others, and users' accepted not_kimchi
+    labels are the retrain's negatives."""
     items = base_items(base)
     out = Collected(items)
     for row in corrections:
+        row = CorrectionRow(row.sha256, folder_label(row.label), row.path, row.admin_decided)
         if not row.path.is_file():
             log.warning("correction image %s is missing; left out", row.path)
             out.missing += 1

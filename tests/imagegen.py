@@ -92,3 +92,64 @@ def varied_images(n: int) -> list[bytes]:
         else:
             out.append(encode(img, "JPEG", quality=95, subsampling=0))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# photos of things that are not kimchi, for the open-set check
+
+OTHER_KINDS = ("stripes", "checker", "rings", "gradient", "noise", "cross")
+
+
+def draw_other(kind: str, size: tuple[int, int] = (200, 150), seed: int = 0) -> Image.Image:
+    """A picture unlike every class of `draw` in content, not just in noise: other shapes (stripes, a
+    chequerboard, rings, a cross), other textures (smooth gradients, coarse colour noise) and other colour
+    statistics (pastel or saturated colours, dark or bright backgrounds)."""
+    rng = np.random.default_rng(seed * 31 + OTHER_KINDS.index(kind))
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    if kind == "stripes":
+        period = rng.uniform(6, 20) * w / 200
+        angle = rng.uniform(0, np.pi)
+        t = (np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period) > 0)[..., None]
+        pixels = np.where(t, a, b)
+    elif kind == "checker":
+        cell = max(2, int(rng.uniform(8, 24) * w / 200))
+        t = (((xx // cell) + (yy // cell)) % 2 == 0)[..., None]
+        pixels = np.where(t, a, b)
+    elif kind == "rings":
+        cx, cy = w * rng.uniform(0.3, 0.7), h * rng.uniform(0.3, 0.7)
+        r = np.hypot(xx - cx, yy - cy)
+        t = (np.sin(r / rng.uniform(3, 9) * w / 200) > 0)[..., None]
+        pixels = np.where(t, a, b)
+    elif kind == "gradient":
+        t = ((xx / w) * rng.uniform(0.3, 1) + (yy / h) * rng.uniform(0.3, 1))[..., None] / 2
+        pixels = a * (1 - t) + b * t
+    elif kind == "noise":
+        coarse = rng.integers(0, 256, (max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+        return Image.fromarray(coarse, "RGB").resize((w, h), Image.Resampling.NEAREST)
+    else:  # cross: a thick plus sign on a flat background of another colour
+        pixels = np.broadcast_to(b, (h, w, 3)).copy()
+        cx, cy, t = int(w * rng.uniform(0.4, 0.6)), int(h * rng.uniform(0.4, 0.6)), max(2, int(min(w, h) * 0.12))
+        pixels[:, cx - t:cx + t] = a
+        pixels[cy - t:cy + t, :] = a
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def other_photo_bytes(kind: str, seed: int = 0, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A photo of something that is not kimchi, as the bot tests send one (JPEG quality 90)."""
+    return encode(draw_other(kind, size, seed=seed), "JPEG", quality=90)
+
+
+def make_others(root: Path, kinds: Sequence[str] = OTHER_KINDS, per_kind: int = 5, size: tuple[int, int] = (200, 150),
+                seed: int = 0) -> list[Path]:
+    """root/<kind>_NNN.jpg: `per_kind` pictures of each kind that is not kimchi."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind in kinds:
+        for i in range(per_kind):
+            path = root / f"{kind}_{i:03d}.jpg"
+            draw_other(kind, size, seed=seed * 1000 + i).save(path, "JPEG", quality=92)
+            paths.append(path)
+    return paths

@@ -10,7 +10,7 @@ from PIL import Image
 
 from training.cli import main
 from training.importer import MANIFEST, import_dataset, parse_crop_file, read_manifest
-from tests.imagegen import draw, encode
+from tests.imagegen import draw, draw_other, encode
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -182,3 +182,19 @@ def test_import_command_prints_summary_and_fills_home(home, aihub, capsys):
     out = capsys.readouterr().out
     assert "깍두기: 2 added" in out and "배추김치: 2 added" in out and "total: 4 added" in out
     assert len(read_manifest(home.base)) == 4
+
+
+def test_a_negatives_folder_under_any_of_its_names_is_the_not_kimchi_class(tmp_path):
+    src = tmp_path / "src"
+    for i in range(2):
+        draw(0, (80, 60), seed=i).save(_write(src / "배추김치" / f"b{i}.jpg", b""))
+    for folder, kind in (("기타", "stripes"), ("Other", "rings"), (unicodedata.normalize("NFD", "김치아님"), "cross")):
+        for i in range(2):
+            draw_other(kind, (80, 60), seed=i).save(_write(src / folder / f"{kind}{i}.jpg", b""))
+    dest = tmp_path / "base"
+    summary = import_dataset(src, dest, presize=0, workers=1)
+    assert summary.added == {"배추김치": 2, "not_kimchi": 6} and summary.unknown_classes == []
+    assert sorted(p.name for p in dest.iterdir() if p.is_dir()) == ["not_kimchi", "배추김치"]
+    negatives = [r for r in read_manifest(dest) if r["class"] == "not_kimchi"]
+    assert len(negatives) == 6 and all(r["path"].startswith("not_kimchi/") and "dish" not in r for r in negatives)
+    assert "not_kimchi: 6 added, 0 already there" in summary.lines()

@@ -7,7 +7,10 @@ One embedding pass over the images with a model version's body (models.embed), t
 * cleanlab's confident learning on them: `cleanlab.filter.find_label_issues` flags labels,
   `cleanlab.rank.get_label_quality_scores` ranks them;
 * cleanlab's near-duplicate and outlier checks: the issue managers that `Datalab.find_issues` runs,
-  on one shared k-NN graph of the embeddings.
+  on one shared k-NN graph of the embeddings;
+* on users' labels (the items /retrain lists, each with the accounts behind it): the open-set check
+  (models/openset.py) on the same embeddings, `not_kimchi` for a kimchi label on a photo it calls none of the
+  version's kimchi, and `flood` for a near-duplicate group of many users' photos from few accounts.
 
 Writes `audit.csv` (file,label,suggested,quality,issue; worst first) and `suspects.png` (the worst 24,
 given and suggested label). The caller gets per-file flags to act on; the audit itself changes nothing.
@@ -27,8 +30,9 @@ import numpy as np
 
 from models.datafiles import file_sha256, image_files, label_of
 from models.embed import DEFAULT_DUPLICATE_THRESHOLD, embed, near_duplicate_groups
-from models.errors import KimchiError
-from models.labels import CLASS_NAMES, nfc
+from models.errors import ArtifactError, KimchiError
+from models.labels import CLASS_NAMES, is_kimchi, nfc
+from models.openset import DEFAULT_KEEP, DEFAULT_METHOD, OpenSet, fit
 from models.protocol import AuditedEvent
 from models.registry import Registry
 
@@ -43,8 +47,34 @@ NEIGHBOURS = 10
 PCA_COMPONENTS = 128
 
 LABEL, OUTLIER, NEAR_DUPLICATE = "label", "outlier", "near_duplicate"
+# Issues of users' labels only (base images have no accounts behind them):
+NOT_KIMCHI_ISSUE = "not_kimchi"  # a kimchi label on a photo the open-set check calls none of the version's kimchi
+FLOOD = "flood"  # one of many near-identical users' photos labelled by few accounts
+
+# A flood: a near-duplicate group (models.embed's threshold) holding at least FLOOD_MIN_PHOTOS users' photos
+# whose labels come from at most FLOOD_MAX_ACCOUNTS accounts. One person re-sending the same dish is a
+# handful; someone weighting the training set sends the same picture again and again. A picture that many
+# people label on their own (a popular photo) has many accounts behind it and is left to the other checks.
+# An account unknown to the store (an old row without user id) counts as one account.
+FLOOD_MIN_PHOTOS = 5
+FLOOD_MAX_ACCOUNTS = 2
+
+# A version without a stored open-set check gets one fitted here from the base (trusted) kimchi in the audit:
+# the bank from two thirds of each class, the threshold from the other third at DEFAULT_KEEP (the conformal
+# quantile, as `kimchi-train calibrate` does). Below FIT_MIN_IMAGES base kimchi there is no check.
+FIT_CALIBRATION_EVERY = 3
+FIT_MIN_IMAGES = 12
 
 Items = Union[Path, str, Sequence[tuple[Union[Path, str], str]]]
+
+
+class Listed(list):
+    """(path, label) items as /retrain lists them, and who stands behind users' labels: `users` maps the path
+    of each user's photo to the accounts that gave its label (base images are not in it)."""
+
+    def __init__(self, items: Sequence[tuple[Path, str]] = (), users: dict[Path, tuple[str, ...]] | None = None):
+        super().__init__(items)
+        self.users: dict[Path, tuple[str, ...]] = dict(users or {})
 
 
 @dataclass(frozen=True)
@@ -55,8 +85,9 @@ class AuditRow:
     label: str
     suggested: str  # the out-of-fold classifier's most likely class
     quality: float
-    issues: tuple[str, ...]  # of LABEL, OUTLIER, NEAR_DUPLICATE
+    issues: tuple[str, ...]  # of LABEL, OUTLIER, NEAR_DUPLICATE, NOT_KIMCHI_ISSUE, FLOOD
     group: int  # near-duplicate group at models.embed's measured threshold, for holdout sides
+    openset: float | None = None  # the open-set score (larger is farther), when there was a check
 
     @property
     def label_issue(self) -> bool:
@@ -76,6 +107,8 @@ class AuditResult:
     oof_accuracy: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, "embed" first
     embed_runtime: str = ""  # what ran the model's body: onnx or torch
+    openset: str = ""  # the check users' labels were judged by: "stored", "fitted", or "" (none)
+    openset_note: str = ""  # that check in a few words, for the summary
 
     @property
     def embed_s(self) -> float:
@@ -109,7 +142,9 @@ class AuditResult:
         return (f"audited {len(self.rows)} images of {len(self.classes)} classes with {self.version} "
                 f"({self.folds}-fold out-of-fold accuracy {self.oof_accuracy:.3f}): {self.count(LABEL)} label issues, "
                 f"{self.count(OUTLIER)} outliers, {self.count(NEAR_DUPLICATE)} near-duplicates, "
-                f"{len(self.unreadable)} unreadable{tail}{where}")
+                f"{self.count(NOT_KIMCHI_ISSUE)} users' labels on photos that are not kimchi, "
+                f"{self.count(FLOOD)} users' photos in floods, {len(self.unreadable)} unreadable{tail}"
+                f"{'; ' + self.openset_note if self.openset_note else ''}{where}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +250,17 @@ def label_issues(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
 
 def run_audit(data: Items, registry: Registry | Path | str, version: str | None = "current",
               out_dir: Path | str | None = None, folds: int = 5, device: str = "cpu",
-              batch_size: int = 32, picture: bool = True) -> AuditResult:
+              batch_size: int = 32, picture: bool = True,
+              users: dict[Path, tuple[str, ...]] | None = None) -> AuditResult:
     """Audit the labels of a folder-per-class tree or of explicit (path, label) items.
 
+    `users` (default: `data.users` when `data` is a `Listed`, as read_items gives it) names the users' photos
+    among the items and the accounts behind each label: only those get the open-set and flood checks.
     Writes audit.csv (and suspects.png unless `picture` is False) into `out_dir` when it is given.
     KimchiError, one sentence, for no model, no images, one class, or fewer images than folds.
     """
+    if users is None:
+        users = getattr(data, "users", None)
     items = collect_items(data)
     where = str(data) if isinstance(data, (str, Path)) else "the list"
     _check_counts([label for _, label in items], folds, where)
@@ -236,7 +276,13 @@ def run_audit(data: Items, registry: Registry | Path | str, version: str | None 
     kept = [items[i] for i in embedded.index]
     classes = _check_counts([label for _, label in kept], folds, where)
 
-    result = _score(kept, embedded.vectors, classes, folds, name, clock)
+    users = {Path(path): tuple(accounts) for path, accounts in (users or {}).items()}
+    owners = [users.get(path) for path, _ in kept]
+    # a folder, or a list without users' labels: nothing for the open-set check to judge
+    check = openset_check(registry, name, kept, embedded.vectors, owners) if any(o is not None for o in owners) \
+        else _Check(None, "", "")
+    clock.lap("openset")
+    result = _score(kept, embedded.vectors, classes, folds, name, clock, owners, check)
     result.unreadable, result.embed_runtime = unreadable, embedded.runtime
     if out_dir is not None:
         result.out_dir = Path(out_dir).expanduser()
@@ -248,6 +294,75 @@ def run_audit(data: Items, registry: Registry | Path | str, version: str | None 
     result.timings = clock.laps
     log.info("%s (embedding %.1f s, the rest %.1f s)", result.summary(), result.embed_s, result.rest_s)
     return result
+
+
+@dataclass(frozen=True)
+class _Check:
+    """The open-set check users' labels are judged by, the kimchi it knows, and how it came to be."""
+
+    openset: OpenSet | None
+    how: str  # "stored", "fitted", or "" (none)
+    note: str
+    known: frozenset[str] = frozenset()  # the classes behind the check: it cannot judge a label of another
+
+
+def openset_check(registry: Registry, version: str, items: Sequence[tuple[Path, str]], vectors: np.ndarray,
+                  owners: Sequence[tuple[str, ...] | None]) -> _Check:
+    """The version's stored check, or one fitted now on the audit's base kimchi (`owners[i]` None).
+
+    Stored: the version's own bank (or means) and threshold, read by the same pooled features the audit has
+    embedded. Fitted, for a version published before the check existed: models.openset.fit (knn) on two thirds
+    of each class's base kimchi, the conformal threshold at DEFAULT_KEEP on the other third, so that a new photo
+    of those kimchi passes with that probability. No check (and no `not_kimchi` flag) when neither is possible.
+    """
+    import torch
+
+    folder = registry.path(version)
+    try:
+        stored = OpenSet.load(folder)
+    except ArtifactError as err:  # a damaged file: judge as for an old version, and say so in the log
+        log.warning("%s; the audit fits a check of its own", err)
+        stored = None
+    if stored is not None:
+        known = frozenset(c for c in registry.meta(version).vocab if is_kimchi(c))
+        return _Check(stored, "stored", f"open-set check: {version}'s own ({stored.method}, threshold "
+                                        f"{stored.threshold:.3f}, keeps {stored.keep:.0%} of kimchi)", known)
+    by_class: dict[str, list[int]] = {}
+    for i, ((_, label), owner) in enumerate(zip(items, owners)):
+        if owner is None and is_kimchi(label):
+            by_class.setdefault(label, []).append(i)
+    total = sum(len(v) for v in by_class.values())
+    if total < FIT_MIN_IMAGES:
+        return _Check(None, "", f"no open-set check: {version} has none stored and the audit has {total} base "
+                                f"kimchi to fit one (at least {FIT_MIN_IMAGES})")
+    rng = np.random.default_rng(0)
+    bank, calibration = [], []
+    for label in sorted(by_class):
+        shuffled = [by_class[label][j] for j in rng.permutation(len(by_class[label]))]
+        held = set(shuffled[::FIT_CALIBRATION_EVERY]) if len(shuffled) > 1 else set()
+        calibration += [i for i in shuffled if i in held]
+        bank += [i for i in shuffled if i not in held]
+    check = fit(DEFAULT_METHOD, vectors[bank], [items[i][1] for i in bank])
+    held_scores = check.scores(torch.from_numpy(np.ascontiguousarray(vectors[calibration]))).numpy()
+    check = check.calibrated(held_scores, DEFAULT_KEEP)
+    return _Check(check, "fitted", f"open-set check fitted on {len(bank)} base kimchi, threshold "
+                                   f"{check.threshold:.3f} keeps {DEFAULT_KEEP:.0%} of kimchi ({len(calibration)} held out)",
+                  frozenset(by_class))
+
+
+def floods(groups: Sequence[int], owners: Sequence[tuple[str, ...] | None]) -> set[int]:
+    """Positions of users' photos in a flood: a near-duplicate group of at least FLOOD_MIN_PHOTOS users' photos
+    whose labels come from at most FLOOD_MAX_ACCOUNTS accounts (an unknown account counts as one)."""
+    members: dict[int, list[int]] = {}
+    for i, (group, owner) in enumerate(zip(groups, owners)):
+        if owner is not None:
+            members.setdefault(group, []).append(i)
+    found: set[int] = set()
+    for positions in members.values():
+        accounts = {account for i in positions for account in (owners[i] or ("?",))}
+        if len(positions) >= FLOOD_MIN_PHOTOS and len(accounts) <= FLOOD_MAX_ACCOUNTS:
+            found.update(positions)
+    return found
 
 
 class _Clock:
@@ -264,7 +379,11 @@ class _Clock:
 
 
 def _score(items: list[tuple[Path, str]], vectors: np.ndarray, classes: list[str], folds: int,
-           version: str, clock: _Clock) -> AuditResult:
+           version: str, clock: _Clock, owners: Sequence[tuple[str, ...] | None] | None = None,
+           check: _Check | None = None) -> AuditResult:
+    import torch
+
+    owners = list(owners) if owners is not None else [None] * len(items)
     index = {c: i for i, c in enumerate(classes)}
     targets = np.array([index[label] for _, label in items])
     probs = out_of_fold_probs(vectors, targets, folds)
@@ -275,15 +394,25 @@ def _score(items: list[tuple[Path, str]], vectors: np.ndarray, classes: list[str
     clock.lap("duplicates_outliers")
     groups = near_duplicate_groups(vectors, DEFAULT_DUPLICATE_THRESHOLD)
     clock.lap("groups")
+    scores: list[float | None] = [None] * len(items)
+    far = np.zeros(len(items), bool)
+    if check is not None and check.openset is not None:
+        scores = check.openset.scores(torch.from_numpy(np.ascontiguousarray(vectors))).tolist()
+        far = np.array([owner is not None and label in check.known and score > check.openset.threshold
+                        for (_, label), owner, score in zip(items, owners, scores)], bool)
+    flood = floods(groups, owners)
+    clock.lap("users")
     suggested = probs.argmax(1)
     rows = []
     for i, (path, label) in enumerate(items):
-        issues = tuple(name for name, hit in ((LABEL, flagged[i]), (OUTLIER, outlier[i]), (NEAR_DUPLICATE, duplicate[i])) if hit)
-        rows.append(AuditRow(path, label, classes[suggested[i]], float(quality[i]), issues, groups[i]))
+        issues = tuple(name for name, hit in ((LABEL, flagged[i]), (OUTLIER, outlier[i]), (NEAR_DUPLICATE, duplicate[i]),
+                                              (NOT_KIMCHI_ISSUE, far[i]), (FLOOD, i in flood)) if hit)
+        rows.append(AuditRow(path, label, classes[suggested[i]], float(quality[i]), issues, groups[i], scores[i]))
     # Worst first: by label quality; ties (common at 0 and 1) keep label issues ahead, then file order.
     order = sorted(range(len(rows)), key=lambda i: (rows[i].quality, not rows[i].label_issue, i))
     return AuditResult([rows[i] for i in order], version, classes, folds, None,
-                       oof_accuracy=float((suggested == targets).mean()))
+                       oof_accuracy=float((suggested == targets).mean()),
+                       openset=check.how if check else "", openset_note=check.note if check else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,10 +465,13 @@ def write_suspects(rows: Sequence[AuditRow], path: Path, columns: int = 6) -> Pa
 # ---------------------------------------------------------------------------------------------
 # the retrain's side: items by sha256 in, one protocol event out
 
-def read_items(path: Path) -> tuple[dict[Path, str], list[tuple[Path, str]]]:
-    """JSON lines {path, label, sha256} (what /retrain writes): the sha256 of each path, and the items."""
+def read_items(path: Path) -> tuple[dict[Path, str], Listed]:
+    """JSON lines {path, label, sha256[, users]} (what /retrain writes): the sha256 of each path, and the items.
+
+    A line with `users` (the accounts that gave the label, possibly none known) is a user's label; the others
+    are base images. The items carry them (`Listed.users`) into run_audit."""
     shas: dict[Path, str] = {}
-    items: list[tuple[Path, str]] = []
+    items = Listed()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
@@ -351,6 +483,10 @@ def read_items(path: Path) -> tuple[dict[Path, str], list[tuple[Path, str]]]:
             row = json.loads(line)
             item = (Path(row["path"]), str(row["label"]))
             shas[item[0]] = str(row["sha256"])
+            if "users" in row:
+                if not isinstance(row["users"], list):
+                    raise TypeError("users must be a list")
+                items.users[item[0]] = tuple(sorted({str(u) for u in row["users"]}))
         except (ValueError, KeyError, TypeError) as err:
             raise KimchiError(f"{path}:{number} is not a {{path, label, sha256}} line ({err}).") from err
         items.append(item)
@@ -368,4 +504,5 @@ def audited_event(result: AuditResult, shas: dict[Path, str] | None = None) -> A
     picture = result.picture_path
     return AuditedEvent(n=len(result.rows), flagged={sha(r.file): list(r.issues) for r in result.rows if r.issues},
                         groups=[sorted(g) for g in groups.values() if len(g) > 1],
-                        suspects_png=str(picture) if picture else None, summary=result.summary())
+                        suspects_png=str(picture) if picture else None, summary=result.summary(),
+                        openset=result.openset)

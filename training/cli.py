@@ -48,7 +48,8 @@ def cmd_import(args: argparse.Namespace, home: Home) -> int:
     home.ensure()
     dest = Path(args.dest).expanduser() if args.dest else home.base
     summary = import_dataset(Path(args.src).expanduser(), dest, per_class=args.per_class, crop=args.crop,
-                             presize=args.presize, allow_new_classes=args.allow_new_classes, workers=args.workers)
+                             presize=args.presize, allow_new_classes=args.allow_new_classes, workers=args.workers,
+                             negatives=args.negatives, negatives_per_dish=args.negatives_per_dish)
     for line in summary.lines():
         print(line)
     if summary.total_added == 0 and not sum(summary.duplicates.values()):
@@ -111,15 +112,38 @@ def cmd_evaluate(args: argparse.Namespace, home: Home) -> int:
 
     registry = registry_for(args, home)
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else home.base
+    negatives = _collect([args.negatives]) if args.negatives else []
+    if args.negatives and not negatives:
+        raise KimchiError(f"No images found in {args.negatives}.")
     folder, metrics = evaluate_version(registry, args.version, data_dir, out=Path(args.out) if args.out else None,
-                                       tta=args.tta, test=args.test, pictures=not args.no_pictures, bs=args.bs)
+                                       tta=args.tta, test=args.test, pictures=not args.no_pictures, bs=args.bs,
+                                       negatives=negatives)
     print(f"accuracy {metrics['accuracy']:.4f}  error_rate {metrics['error_rate']:.4f}  "
           f"macro precision {metrics['precision_macro']:.4f}  recall {metrics['recall_macro']:.4f}  "
           f"F1 {metrics['f1_macro']:.4f}  (n={metrics['n']})")
     if "tta" in metrics:
         t = metrics["tta"]
         print(f"with TTA: accuracy {t['accuracy']:.4f}  error_rate {t['error_rate']:.4f}  F1 {t['f1_macro']:.4f}")
+    for line in metrics.get("openset_lines", []):
+        print(line)
     print(folder)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, home: Home) -> int:
+    from training.calibrate import calibrate_version, write_histogram
+
+    registry = registry_for(args, home)
+    negatives = _collect([args.negatives]) if args.negatives else []
+    name, calibration = calibrate_version(registry, args.version, Path(args.data).expanduser() if args.data else None,
+                                          method=args.method, keep=args.keep, k=args.k, device=args.device,
+                                          negatives=negatives)
+    for line in calibration.lines():
+        print(line)
+    png = write_histogram(calibration, registry.path(name) / "report", title=f"{name}, valid split")
+    print(f"{registry.path(name) / 'openset.safetensors'} written; histogram {png}")
+    if registry.current() == name:
+        print("The bot uses it from its next start (or the next model it loads).")
     return 0
 
 
@@ -153,12 +177,9 @@ def cmd_predict(args: argparse.Namespace, home: Home) -> int:
             if result.ok:
                 ok += 1
                 if args.json:
-                    print(json.dumps({"file": str(path), "label": result.label, "confidence": round(result.confidence, 6),
-                                      "top": [[l, round(p, 6)] for l, p in result.top], "model": result.version},
-                                     ensure_ascii=False))
+                    print(json.dumps(prediction_json(path, result), ensure_ascii=False))
                 else:
-                    top = ", ".join(f"{l} {p:.1%}" for l, p in result.top)
-                    print(f"{path}: {result.label} {result.confidence:.1%}  (top: {top})")
+                    print(prediction_line(path, result))
             else:
                 errors += 1
                 if args.json:
@@ -174,6 +195,34 @@ def cmd_predict(args: argparse.Namespace, home: Home) -> int:
           f"{errors} errors",
           file=sys.stderr)
     return 0 if ok else 1
+
+
+def prediction_json(path: Path, result) -> dict:
+    """One line of `predict --json`. `label` is the answer (not_kimchi when the head or the open-set check says
+    so), `confidence` its probability under the head (null when the check alone decided), `closest` the most
+    probable kimchi, `openset` the score and threshold (null for a version without the check)."""
+    confidence = dict(result.top).get(result.answer)
+    closest = result.closest
+    return {"file": str(path), "label": result.answer, "kimchi": not result.not_kimchi,
+            "confidence": None if confidence is None else round(confidence, 6),
+            "closest": None if closest is None else [closest[0], round(closest[1], 6)],
+            "openset": None if result.openset is None else {"score": round(result.openset, 6),
+                                                            "threshold": round(result.threshold, 6)},
+            "top": [[l, round(p, 6)] for l, p in result.top], "model": result.version}
+
+
+def prediction_line(path: Path, result) -> str:
+    top = ", ".join(f"{l} {p:.1%}" for l, p in result.top)
+    if not result.not_kimchi:
+        return f"{path}: {result.label} {result.confidence:.1%}  (top: {top})"
+    why = []
+    if result.label == "not_kimchi":
+        why.append(f"not_kimchi {result.confidence:.1%}")
+    if result.far:
+        why.append(f"open-set score {result.openset:.3f} > {result.threshold:.3f}")
+    closest = result.closest
+    near = f"; closest kimchi {closest[0]} {closest[1]:.1%}" if closest else ""
+    return f"{path}: not_kimchi ({', '.join(why)}{near})  (top: {top})"
 
 
 def cmd_models(args: argparse.Namespace, home: Home) -> int:
@@ -340,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presize", type=int, default=460, metavar="PX",
                    help="store with the shorter side at PX (default 460; 0 keeps the size)")
     p.add_argument("--allow-new-classes", action="store_true", help="also import folders that are not kimchi classes")
+    p.add_argument("--negatives", type=int, metavar="N",
+                   help="also import about N photos of the other dishes (every folder that is no kimchi, e.g. the rest "
+                        "of AI Hub's kfood/) into not_kimchi, the same number from each dish")
+    p.add_argument("--negatives-per-dish", type=int, default=50, metavar="N",
+                   help="at most N negatives from any one dish (50)")
     p.add_argument("--dest", help="target folder (default KIMCHI_HOME/data/base)")
     p.add_argument("--workers", type=int, help="decoder processes (default: one per CPU)")
     p.set_defaults(func=cmd_import)
@@ -367,9 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation (learn.tta)")
     p.add_argument("--test", action="store_true", help="use every image, not the validation split")
     p.add_argument("--no-pictures", action="store_true")
+    p.add_argument("--negatives", metavar="DIR",
+                   help="photos that are no kimchi: the share the open-set check catches, in the report")
     p.add_argument("--bs", type=int)
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="make or remake VERSION's open-set check (\"not kimchi\") on its own "
+                                         "validation images; versions published before the check need this once")
+    p.add_argument("version", nargs="?", default="current")
+    p.add_argument("--data", metavar="DIR", help="the folder the version was trained on (default: the one it records)")
+    p.add_argument("--method", choices=["knn", "mahalanobis"], default="knn", help="the score (knn)")
+    p.add_argument("--keep", type=float, default=0.95, metavar="SHARE",
+                   help="share of validation kimchi answered as kimchi (0.95)")
+    p.add_argument("--k", type=int, default=5, help="knn: the k-th nearest training image (5)")
+    p.add_argument("--negatives", metavar="DIR", help="photos that are no kimchi: report the share caught")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="classify image files or folders (recursively)")
     p.add_argument("paths", nargs="+", metavar="FILES_OR_DIRS")
@@ -453,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for audit.csv and suspects.png (default KIMCHI_HOME/audit)")
     p.add_argument("--folds", type=int, default=5, metavar="K", help="folds of the out-of-fold logistic regression (5)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--items", metavar="FILE", help="audit the images listed in FILE (JSON lines {path, label, sha256}) "
-                   "instead of a folder (used by /retrain)")
+    p.add_argument("--items", metavar="FILE", help="audit the images listed in FILE (JSON lines {path, label, sha256}, "
+                   "and users: [ids] for a user's label) instead of a folder (used by /retrain)")
     p.add_argument("--progress", choices=["auto", "json", "quiet"], default="auto",
                    help="json: one `audited` protocol event with flags and near-duplicate groups by sha256")
     p.add_argument("--models-dir")

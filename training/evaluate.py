@@ -4,6 +4,7 @@ The learner is rebuilt from the safe artifact (safetensors + meta.json), never f
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,6 @@ import numpy as np
 
 from models.artifact import WEIGHTS, ModelMeta
 from models.errors import KimchiError
-from models.labels import nfc
 from models.registry import Registry
 from training.learner import build_datablock, build_learner, quiet, train_device
 from training.report import write_report
@@ -82,7 +82,7 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
     """A fastai Learner for `version` over `data_dir`, with the version's vocab, split and weights."""
     from safetensors.torch import load_file
 
-    from models.datafiles import image_files
+    from models.datafiles import image_files, label_of
     from training.datafolder import count_classes
 
     name = registry.resolve(version)
@@ -95,7 +95,7 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
     vocab = list(meta.vocab)
 
     def known_images(path):
-        return [p for p in image_files(path) if nfc(p.parent.name) in vocab]
+        return [p for p in image_files(path) if label_of(p) in vocab]
 
     block = build_datablock(recipe, vocab=vocab, get_items=known_images)
     device = train_device(recipe)
@@ -108,8 +108,11 @@ def learner_for_version(registry: Registry, version: str, data_dir: Path, bs: in
 
 
 def evaluate_version(registry: Registry, version: str, data_dir: Path, out: Path | None = None, tta: bool = False,
-                     test: bool = False, pictures: bool = True, bs: int | None = None) -> tuple[Path, dict[str, Any]]:
-    """Evaluate `version` on the validation split of `data_dir` (or on all of it with `test`)."""
+                     test: bool = False, pictures: bool = True, bs: int | None = None,
+                     negatives: list[Path] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Evaluate `version` on the validation split of `data_dir` (or on all of it with `test`); with an
+    open-set check, also the share of kimchi it keeps and of negatives (a not_kimchi class, `negatives`) it
+    catches, and openset.png. `openset_lines` in the result says it in words (not in metrics.json)."""
     learn, meta, name = learner_for_version(registry, version, data_dir, bs=bs)
     quiet(learn)
     if test:
@@ -127,4 +130,32 @@ def evaluate_version(registry: Registry, version: str, data_dir: Path, out: Path
         from training.pictures import write_pictures
 
         write_pictures(learn, dl, folder)
+    openset, lines = evaluate_openset(registry.path(name), [Path(p) for p in dl.items], negatives or [], folder,
+                                      title=f"{name}, {split}")
+    if openset is not None:
+        metrics["openset"] = openset
+        (folder / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2, default=str),
+                                             encoding="utf-8")
+    metrics["openset_lines"] = lines
     return folder, metrics
+
+
+def evaluate_openset(version_folder: Path, items: list[Path], negatives: list[Path], out: Path,
+                     title: str) -> tuple[dict | None, list[str]]:
+    """The version's open-set check on `items` (labelled by folder) and `negatives`: figures, and lines."""
+    from models.datafiles import label_of
+    from models.labels import NOT_KIMCHI
+    from models.openset import OpenSet
+    from training.calibrate import Calibration, judge, measure, runner_for, write_histogram
+
+    check = OpenSet.load(version_folder)
+    if check is None:
+        return None, [f"no open-set check: every photo is answered as some kimchi "
+                      f"(kimchi-train calibrate {version_folder.name} adds one)"]
+    runner = runner_for(version_folder)
+    vocab = list(runner.meta.vocab)
+    measured = measure(runner, items, [label_of(p) for p in items])
+    extra = judge(check, measure(runner, negatives, [NOT_KIMCHI] * len(negatives)), vocab) if negatives else None
+    calibration = Calibration(check, judge(check, measured, vocab), extra)
+    write_histogram(calibration, out, title=title)
+    return calibration.summary(), calibration.lines()

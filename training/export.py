@@ -3,6 +3,9 @@
     OUT/<split>/<label>/<sha256>.jpg      torchvision's ImageFolder, one tree per split
     OUT/metadata.csv                      file_name,label,split,source,sha256,status (Hugging Face imagefolder)
 
+`not_kimchi` is a label like the classes: negatives of the base set and users' accepted "not kimchi" labels are
+exported into OUT/<split>/not_kimchi/, which `kimchi-train import` and `train` read back as the class.
+
 The split is each image's side of the bot's frozen holdout (`train` or `holdout`): the side recorded by a
 retrain, or, for an image no retrain has seen yet, the same keyed rule the bot will apply.
 

@@ -3,29 +3,41 @@
 Every file is opened and fully decoded; what cannot be is skipped and counted, never fatal. Images are
 stored upright, 8-bit RGB, optionally cropped to AI Hub's food box and presized so that training does
 not decode 1280-pixel JPEGs every epoch. A manifest line per image records where it came from.
+
+A negatives folder (not_kimchi, 김치아님, 기타, other) is imported as the not_kimchi class. With `--negatives N`
+the other dishes of the tree (AI Hub's kfood/<category>/<dish>/ beside kfood/김치/) become negatives too: about
+N photos, the same number from each dish (at most `--negatives-per-dish`), picked in a fixed seeded order so
+that running the import again adds nothing. A kimchi that is none of the classes (동치미) is never a negative.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
+import itertools
 import json
 import logging
 import os
 import re
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from models.atomic import atomic_write, fsync_dir
 from models.datafiles import IMAGE_SUFFIXES, MANIFEST, file_sha256, jpeg_bytes, presized, read_manifest
 from models.device import usable_cpus
-from models.errors import ImageRejected, KimchiError
-from models.labels import is_known, nfc
+from models.errors import ImageRejected, KimchiError, NotAClass, UnknownLabel
+from models.labels import NOT_KIMCHI, folder_label, is_known, match, nfc
 from models.preprocess import ImageLimits, decode_rgb
 from models.clock import stamp
 
 log = logging.getLogger(__name__)
 
 CROP_FILE = "crop_area.properties"
+KIMCHI_CATEGORY = "김치"  # AI Hub's kfood/김치/: every folder inside holds kimchi, never negatives
+# The seed of the negatives' sample: which photos of each dish are taken, the same on every run. Changing it
+# changes the sample, and a later import would add a second one beside the first.
+NEGATIVES_SEED = "kimchi-negatives-1"
 # Import is for trusted datasets; allow larger files than the bot accepts from strangers.
 IMPORT_LIMITS = ImageLimits(max_pixels=120_000_000)
 
@@ -186,6 +198,65 @@ def _process(job: _Job) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# negatives: the other dishes of the tree
+
+def _names_kimchi(folder: ClassFolder, src: Path) -> str | None:
+    """The kimchi a folder that is not a class stands for, or None for another dish.
+
+    A folder inside a 김치 category (AI Hub's kfood/김치/), one named like a kimchi that is none of the classes
+    (동치미, 섞박지 …; models.labels.NOT_CLASSES) or one named by a class's other name (오이김치) holds kimchi:
+    never negatives, whatever it is called."""
+    try:
+        inside = Path(folder.path).relative_to(src).parts[:-1]
+    except ValueError:
+        inside = ()
+    if any(nfc(part) == KIMCHI_CATEGORY for part in inside):
+        return KIMCHI_CATEGORY
+    try:
+        found = match(folder.name)
+    except NotAClass as err:
+        return err.name
+    except UnknownLabel:
+        return None
+    return None if found.name == NOT_KIMCHI else found.name
+
+
+def _rank(*parts: str) -> str:
+    """A fixed pseudo-random order: the same on every run and machine, unlike hash() or random."""
+    return hashlib.sha256("\0".join((NEGATIVES_SEED, *parts)).encode("utf-8")).hexdigest()
+
+
+def negative_quotas(available: dict[str, int], total: int, per_dish: int) -> dict[str, int]:
+    """How many photos each dish gives to not_kimchi: `total` spread evenly over the dishes, at least one and at
+    most `per_dish` from each; what a small dish cannot give goes to the others, within the cap. Where `total`
+    does not divide evenly, the dishes that give one more follow a fixed seeded order (not the alphabet)."""
+    order = sorted((d for d in available if available[d] > 0), key=lambda d: (_rank(d), d))
+    room = {d: min(per_dish, available[d]) for d in order}
+    quota = {d: 0 for d in available}
+    for dish in order:
+        quota[dish] = 1 if room[dish] else 0
+    left = total - sum(quota.values())
+    while left > 0:
+        open_ = [d for d in order if quota[d] < room[d]]
+        if not open_:
+            break
+        share = max(1, left // len(open_))
+        for dish in open_:
+            take = min(share, room[dish] - quota[dish], left)
+            quota[dish] += take
+            left -= take
+            if not left:
+                break
+    return quota
+
+
+def _sampled(folder: ClassFolder) -> ClassFolder:
+    """The folder's files in the dish's fixed sampling order: its first N are its sample of N."""
+    files = sorted(folder.files, key=lambda p: (_rank(folder.name, p.name), p.name))
+    return ClassFolder(folder.name, folder.path, files)
+
+
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class ImportSummary:
@@ -195,9 +266,13 @@ class ImportSummary:
     duplicates: Counter = field(default_factory=Counter)
     skipped: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     unknown_classes: list[str] = field(default_factory=list)
+    named_kimchi: list[str] = field(default_factory=list)  # folders of kimchi that are no class: never negatives
     crop_problems: list[str] = field(default_factory=list)
     uncropped: Counter = field(default_factory=Counter)
     dest: Path | None = None
+    negatives: int | None = None  # --negatives N, when asked
+    dishes: Counter = field(default_factory=Counter)  # dish -> its negatives in not_kimchi (added or already there)
+    negatives_added: int = 0
 
     @property
     def total_added(self) -> int:
@@ -218,12 +293,29 @@ class ImportSummary:
         total_skipped = sum(sum(c.values()) for c in self.skipped.values())
         out.append(f"total: {self.total_added} added, {sum(self.duplicates.values())} already there, "
                    f"{total_skipped} skipped, into {self.dest}")
+        if self.negatives is not None:
+            given = [d for d, n in self.dishes.items() if n]
+            if given:
+                out.append(f"negatives: {self.negatives_added} added into {NOT_KIMCHI} ({sum(self.dishes.values())} "
+                           f"sampled of about {self.negatives} asked for) from {len(given)} dishes, "
+                           f"at most {max(self.dishes.values())} each")
+            else:
+                out.append("negatives: none imported; no folder of another dish had a readable photo")
         if self.unknown_classes:
-            out.append("not kimchi classes, not imported (use --allow-new-classes to keep them): "
-                       + ", ".join(self.unknown_classes))
+            out.append(f"{len(self.unknown_classes)} folders are no kimchi class, not imported (--negatives N learns "
+                       f"about N of their photos as {NOT_KIMCHI}; --allow-new-classes keeps them as classes): "
+                       + _names(self.unknown_classes))
+        if self.named_kimchi:
+            out.append("kimchi that are none of the classes, left out and never used as negatives: "
+                       + _names(self.named_kimchi))
         if self.crop_problems:
             out.append(f"{len(self.crop_problems)} crop_area.properties lines could not be used (see the log)")
         return out
+
+
+def _names(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _sha256(path: Path) -> str | None:
@@ -233,28 +325,73 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def _hashes(hasher: cf.Executor, files: list[Path], window: int = 128) -> Iterator[str | None]:
+    """sha256 of each file in order, at most `window` ahead: a class cut short by --per-class (or a dish giving
+    seven of its thousand photos) hashes what it reads, not the whole folder."""
+    ahead: deque[cf.Future] = deque()
+    it = iter(files)
+    for path in itertools.islice(it, window):
+        ahead.append(hasher.submit(_sha256, path))
+    while ahead:
+        sha = ahead.popleft().result()
+        following = next(it, None)
+        if following is not None:
+            ahead.append(hasher.submit(_sha256, following))
+        yield sha
+
+
 def import_dataset(src: Path, dest: Path, per_class: int | None = None, crop: bool = False,
-                   presize: int = 460, allow_new_classes: bool = False, workers: int | None = None) -> ImportSummary:
-    """Import `src` into `dest` (normally KIMCHI_HOME/data/base). Safe to run again: adds only new images."""
-    summary = ImportSummary(dest=dest)
-    folders = find_class_folders(Path(src))
+                   presize: int = 460, allow_new_classes: bool = False, workers: int | None = None,
+                   negatives: int | None = None, negatives_per_dish: int = 50) -> ImportSummary:
+    """Import `src` into `dest` (normally KIMCHI_HOME/data/base). Safe to run again: adds only new images.
+
+    A negatives folder (not_kimchi, 김치아님, 기타, other) is the not_kimchi class. With `negatives`, every other
+    folder that holds no kimchi is a dish, and about `negatives` of their photos (evenly across dishes, at most
+    `negatives_per_dish` each, the same photos on every run) go into not_kimchi as well."""
+    if negatives is not None and negatives < 1:
+        raise KimchiError(f"--negatives must be at least 1, not {negatives}.")
+    if negatives_per_dish < 1:
+        raise KimchiError(f"--negatives-per-dish must be at least 1, not {negatives_per_dish}.")
+    src = Path(src)
+    summary = ImportSummary(dest=dest, negatives=negatives)
+    folders = find_class_folders(src)
     if not folders:
         raise KimchiError(f"{src} holds no class folders with files in them; expected {src}/<class>/<image>.")
-    kept = []
+    kept: list[tuple[ClassFolder, str]] = []
+    dishes: list[ClassFolder] = []
     for folder in folders:
-        if is_known(folder.name) or allow_new_classes:
-            kept.append(folder)
+        if is_known(folder.name):
+            kept.append((folder, folder_label(folder.name)))
+            continue
+        kimchi = _names_kimchi(folder, src)
+        if kimchi is not None:
+            if allow_new_classes:
+                kept.append((folder, folder.name))
+            else:
+                summary.named_kimchi.append(folder.name)
+                log.info("%s holds kimchi (%s) that is none of the classes: left out, never a negative",
+                         folder.path, kimchi)
+        elif negatives:
+            dishes.append(folder)
+        elif allow_new_classes:
+            kept.append((folder, folder.name))
         else:
             summary.unknown_classes.append(folder.name)
-    if not kept:
-        raise KimchiError(f"None of the folders in {src} is a kimchi class ({', '.join(summary.unknown_classes[:5])}…).")
+    if not kept and not dishes:
+        listed = summary.unknown_classes + summary.named_kimchi
+        raise KimchiError(f"None of the folders in {src} is a kimchi class ({', '.join(listed[:5])}…).")
+    quotas = negative_quotas({d.name: len(d.files) for d in dishes}, negatives or 0, negatives_per_dish)
+    if negatives and not dishes:
+        log.warning("--negatives: %s holds no folder of another dish", src)
     dest.mkdir(parents=True, exist_ok=True)
     known = {row["sha256"]: row for row in read_manifest(dest)}
     workers = workers or usable_cpus()
+    jobs = [(folder, label, per_class, None) for folder, label in kept]
+    jobs += [(_sampled(dish), NOT_KIMCHI, quotas[dish.name], dish.name) for dish in dishes if quotas[dish.name]]
     with open(dest / MANIFEST, "a", encoding="utf-8") as manifest, \
             cf.ThreadPoolExecutor(max(2, workers)) as hasher, \
             cf.ProcessPoolExecutor(workers) as pool:
-        for folder in kept:
+        for folder, label, limit, dish in jobs:
             table = parse_crop_file(folder.path / CROP_FILE) if crop and (folder.path / CROP_FILE).is_file() else None
             if crop and table is None:
                 log.warning("%s has no %s; its images stay uncropped", folder.path, CROP_FILE)
@@ -262,18 +399,21 @@ def import_dataset(src: Path, dest: Path, per_class: int | None = None, crop: bo
                 for problem in table.problems:
                     log.warning("crop: %s", problem)
                 summary.crop_problems.extend(table.problems)
-            _import_class(folder, dest, per_class, table if crop else None, presize, known, summary, manifest, hasher, pool)
+            _import_class(folder, label, dest, limit, table if crop else None, presize, known, summary, manifest,
+                          hasher, pool, dish)
         manifest.flush()
         os.fsync(manifest.fileno())
     fsync_dir(dest)
     return summary
 
 
-def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table: CropTable | None, presize: int,
-                  known: dict[str, dict], summary: ImportSummary, manifest, hasher: cf.Executor, pool: cf.Executor) -> None:
-    name = folder.name
+def _import_class(folder: ClassFolder, name: str, dest: Path, per_class: int | None, table: CropTable | None,
+                  presize: int, known: dict[str, dict], summary: ImportSummary, manifest, hasher: cf.Executor,
+                  pool: cf.Executor, dish: str | None = None) -> None:
+    """The first `per_class` readable images of `folder` (all when None) into dest/`name`/. A dish's images
+    (`dish`, into not_kimchi) come in its sampling order, and their rows name the dish."""
     have = 0
-    shas = hasher.map(_sha256, folder.files)
+    shas = _hashes(hasher, folder.files)
     pending: list[tuple[Path, str, tuple | None, cf.Future]] = []
 
     def drain(limit: int) -> None:
@@ -295,6 +435,10 @@ def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table:
                 log.info("%s: %s", path, result["note"])
             row = {"path": f"{name}/{sha}.jpg", "class": name, "sha256": sha, "source": str(path),
                    "crop": result["crop"], "size": result["size"], "imported_at": stamp()}
+            if dish is not None:
+                row["dish"] = dish
+                summary.dishes[dish] += 1
+                summary.negatives_added += 1
             known[sha] = row
             manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -311,6 +455,8 @@ def _import_class(folder: ClassFolder, dest: Path, per_class: int | None, table:
         if sha in known:
             summary.duplicates[name] += 1
             have += 1
+            if dish is not None:
+                summary.dishes[dish] += 1
             if known[sha]["class"] != name:
                 log.warning("%s is the same image as %s (%s); kept once, as %s",
                             path, known[sha]["source"], known[sha]["class"], known[sha]["class"])

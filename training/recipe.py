@@ -37,6 +37,10 @@ class Recipe:
     early_stop: int | None = None  # patience in epochs; None keeps training, still restoring the best
     workers: int | None = None
     device: str = "auto"
+    # The open-set check made when the version is published (models/openset.py): knn, mahalanobis or off;
+    # calibrated on the validation kimchi so that a share `keep` of them is answered as kimchi.
+    openset: str = "knn"
+    keep: float = 0.95
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -66,6 +70,10 @@ class Recipe:
             problems.append(f"min_scale must lie in (0, 1], not {self.min_scale}")
         if self.bs < 1:
             problems.append("bs must be at least 1")
+        if self.openset not in ("knn", "mahalanobis", "off"):
+            problems.append(f"openset must be knn, mahalanobis or off, not {self.openset}")
+        if not 0.5 <= self.keep < 1:
+            problems.append(f"keep must lie in [0.5, 1), not {self.keep}")
         if self.channels_last not in ("auto", "on", "off"):
             problems.append(f"channels_last must be auto, on or off, not {self.channels_last}")
         if self.early_stop is not None and self.early_stop < 1:

@@ -26,7 +26,9 @@ from fastai.callback.schedule import fine_tune, fit_one_cycle, lr_find  # noqa: 
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
-from models.artifact import LEARNER, ModelMeta, Preprocessing, save_artifact
+from models.artifact import LEARNER, META, ModelMeta, Preprocessing, save_artifact
+from models.atomic import atomic_write
+from models.errors import KimchiError
 from models.clock import stamp
 from models.onnx_export import export_onnx
 from models.protocol import DoneEvent, Stage, StageEvent, StartEvent
@@ -144,6 +146,10 @@ def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress
         # model.onnx for the CPU runtime, checked on the version's own validation images: a larger
         # difference than onnx_export.PARITY_TOLERANCE fails the publish.
         export_onnx(staging, images=list(learn.dls.valid_ds.items))
+        openset = publish_openset(staging, learn, recipe, report)
+        if openset is not None:
+            metrics["openset"] = openset  # meta.metrics is this dict
+            atomic_write(staging / META, meta.to_json().encode("utf-8"))
         version = registry.publish(staging)
     except BaseException:
         import shutil
@@ -153,8 +159,37 @@ def train(data_dir: Path, recipe: Recipe, registry: Registry, progress: Progress
     path = registry.path(version)
     progress.emit(DoneEvent(version=version, path=str(path), kept_epoch=tracker.best_epoch,
                             train_time_s=round(train_time, 2), metrics={k: metrics.get(k) for k in (
-                                "accuracy", "error_rate", "precision_macro", "recall_macro", "f1_macro")}))
+                                "accuracy", "error_rate", "precision_macro", "recall_macro", "f1_macro")}
+                            | openset_figures(metrics.get("openset"))))
     return TrainOutcome(version, path, meta, learn)
+
+
+def openset_figures(summary: dict | None) -> dict[str, float | None]:
+    """The open-set figures the trainer reports in its DoneEvent: kimchi kept, negatives caught, right kind."""
+    if not summary:
+        return {}
+    return {f"openset_{k}": summary.get(k) for k in ("kept", "caught", "right_kind", "threshold")}
+
+
+def publish_openset(staging: Path, learn: Learner, recipe: Recipe, report: bool) -> dict | None:
+    """The version's open-set check (training/calibrate.py), written into `staging`; its figures, or None
+    when the recipe turns it off or it cannot be made (the version is then published without it, and
+    `kimchi-train calibrate` can add it later)."""
+    if recipe.openset == "off":
+        return None
+    from training.calibrate import calibrate, write_histogram
+
+    try:
+        calibration = calibrate(staging, list(learn.dls.train_ds.items), list(learn.dls.valid_ds.items),
+                                method=recipe.openset, keep=recipe.keep, device=str(learn.dls.device))
+    except KimchiError as err:
+        log.warning("published without the open-set check: %s", err)
+        return None
+    for line in calibration.lines():
+        log.info("%s", line)
+    if report:
+        write_histogram(calibration, staging / "report", title=f"{recipe.arch}, valid split")
+    return calibration.summary()
 
 
 def export_learner(learn: Learner, path: Path) -> None:
