@@ -14,7 +14,7 @@ from bot.services import Services, admin_only, lang_of, sender_id, services
 from bot.supervisor import Outcome, RetrainRefused, Refusal, Run, RunStatus
 from bot.reports import (REFUSAL_KEYS, bar, decision_text, failure_text, left_out_text, report_table, run_reason,
                          run_status)
-from bot.texts import number, percent, say
+from bot.texts import kimchi_name, number, percent, say
 from models.errors import KimchiError
 from models.protocol import EpochEvent, StageEvent
 from models.status import Status
@@ -22,6 +22,7 @@ from models.status import Status
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL_S = 3.0  # Telegram allows about one edit a second per chat; stay well under it
+OPENSET_PNG = "openset.png"  # in a version's report/ folder: the open-set score, kimchi against negatives
 
 
 class TelegramNotifier:
@@ -58,8 +59,17 @@ class TelegramNotifier:
         except TelegramError:
             log.warning("could not edit the retrain progress message", exc_info=True)
 
+    def openset_png(self, version: str) -> Path | None:
+        """The version's open-set histogram (report/openset.png, written when it was published), if any."""
+        svc = self.app.bot_data.get("services")
+        if svc is None or not version:
+            return None
+        png = svc.registry.path(version) / "report" / OPENSET_PNG
+        return png if png.is_file() else None
+
     async def finished(self, run: Run, outcome: Outcome) -> None:
-        """The comparison table and confusion matrix when there is a result, then the decision or the failure."""
+        """The comparison table, confusion matrix and open-set histogram when there is a result, then the
+        decision or the failure."""
         self._last_edit.pop(run.id, None)
         self.app.bot_data["metrics"].retrain(outcome.status.value)
         bot, lang, result = self.app.bot, run.lang, outcome.result
@@ -72,6 +82,10 @@ class TelegramNotifier:
                 if result.confusion_png and Path(result.confusion_png).is_file():
                     with open(result.confusion_png, "rb") as fh:
                         await bot.send_photo(run.chat_id, fh, caption=say("retrain_confusion", lang, version=result.version))
+                openset = self.openset_png(result.version)
+                if openset is not None:
+                    with open(openset, "rb") as fh:
+                        await bot.send_photo(run.chat_id, fh, caption=say("retrain_openset", lang, version=result.version))
             suspects = run.audit.suspects_png if run.audit else None
             if suspects and Path(suspects).is_file():
                 with open(suspects, "rb") as fh:
@@ -232,7 +246,8 @@ async def stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Predictions, corrections per class, how often the model was wrong, and the model."""
     svc, lang = services(context), lang_of(update)
     s = await svc.store.stats()
-    per_class = "\n".join(f"  {name}: {n}" for name, n in s.corrections_per_class.items()) or say("stats_none", lang)
+    per_class = ("\n".join(f"  {kimchi_name(name, lang)}: {n}" for name, n in s.corrections_per_class.items())
+                 or say("stats_none", lang))
     await update.effective_message.reply_text(say(
         "stats", lang, predictions=s.predictions, fixes=s.fixes, confirmations=s.confirmations, per_class=per_class,
         wrong=percent(s.wrong_rate), model=model_summary(svc, lang), **await svc.ledger.counts())

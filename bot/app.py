@@ -19,7 +19,7 @@ from telegram import BotCommand, Update
 from telegram.ext import (Application, ApplicationBuilder, CallbackQueryHandler, CommandHandler,
                           MessageHandler, TypeHandler, filters)
 
-from bot import admin, corrections, handlers, privacy, review
+from bot import admin, corrections, desk, handlers, privacy, review
 from bot.botapi import bot_api_request
 from bot.gate import gate
 from bot.metrics import install as install_metrics
@@ -96,6 +96,7 @@ def build_application(settings: Settings) -> Application:
     app.add_handler(CommandHandler("promote", admin.promote))
     app.add_handler(CommandHandler("rollback", admin.rollback))
     app.add_handler(CommandHandler("review", review.review))
+    app.add_handler(CommandHandler("desk", desk.desk_command))
     app.add_handler(CommandHandler("trust", review.trust))
     app.add_handler(CommandHandler("block", review.block))
     app.add_handler(CommandHandler("unblock", review.unblock))
@@ -138,6 +139,9 @@ async def on_start(app: Application) -> None:
         log.warning("python-telegram-bot's job queue is not installed: the daily retention purge does not run")
     for lang, code in ((EN, None), (KO, "ko")):
         await app.bot.set_my_commands([BotCommand(c, d) for c, d in command_menu(lang)], language_code=code)
+    if settings.desk:
+        await desk.set_menu_buttons(app.bot, settings)
+        log.info("the review desk is on at %s", settings.desk_url)
     log.info("kimchi-bot is up: model %s on %s, %d admin(s)", serving.classifier.version or "none (labelling mode)",
              serving.classifier.device, len(settings.admin_ids))
 

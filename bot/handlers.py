@@ -11,12 +11,13 @@ from telegram import Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
-from bot.keyboards import answer_keyboard, ask_keyboard, asked_pair, classes_keyboard
+from bot.keyboards import answer_keyboard, ask_keyboard, asked_pair, classes_keyboard, not_kimchi_keyboard
 from bot.metrics import metrics_of
-from bot.services import lang_of, sender_id, services
+from bot.services import lang_of, sender_id, sender_name, services
 from bot.store import PredictionRecord
 from bot.texts import IMAGE_KEYS, class_list, kimchi_name, percent, result_line, say
 from models.errors import Busy, EngineCrashed, ImageRejected, NoModel
+from models.labels import NOT_KIMCHI
 from models.preprocess import open_checked
 from models.types import Prediction
 
@@ -28,12 +29,23 @@ IMAGE_MIME_TYPES = {"image/jpeg", "image/png", "image/webp"}
 def answer_text(prediction: Prediction | None, threshold: float, lang: str) -> str:
     if prediction is None:
         return say("labelling_mode", lang)
+    if prediction.not_kimchi:
+        return not_kimchi_text(prediction, lang)
     text = result_line(prediction.label, prediction.confidence, lang)
     if prediction.confidence < threshold:
         guesses = "\n".join(f"{i}. {kimchi_name(label, lang)} — {percent(p)}" for i, (label, p) in
                             enumerate(prediction.top[:3], 1))
         text = f"{text}\n{say('unsure', lang)}\n{guesses}"
     return text
+
+
+def not_kimchi_text(prediction: Prediction, lang: str) -> str:
+    """One short sentence: not kimchi, and the closest kimchi with its probability when the model has one."""
+    closest = prediction.closest
+    if closest is None:
+        return say("not_kimchi_answer", lang)
+    name, p = closest
+    return say("not_kimchi_answer_closest", lang, name=kimchi_name(name, lang), pct=percent(p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,26 +120,40 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
         return await refuse("busy", say("busy", lang))
     except EngineCrashed:
         return await refuse("engine_failed", say("engine_failed", lang))
-    log.info("photo %s: %s (engine %.2f ms)", file_unique_id,
-             f"{prediction.label} {prediction.confidence:.2f} {prediction.version}" if prediction else "no model",
+    log.info("photo %s: %s (engine %.2f ms)", file_unique_id, describe(prediction),
              1000 * (time.perf_counter() - started))
     keyboard = keyboard_for(prediction, message.message_id, svc.settings.ask_margin, lang)
     async with svc.store.prediction_pending(message.chat_id):
         reply = await message.reply_text(answer_text(prediction, svc.settings.confidence_threshold, lang),
                                          reply_markup=keyboard, do_quote=True)
         metrics.photo_answered(arrived)
+        if prediction is not None and prediction.not_kimchi:  # which one said so: the class, or the score
+            metrics.not_kimchi_answer("class" if prediction.label == NOT_KIMCHI else "score")
         await svc.store.record_prediction(PredictionRecord(
             chat_id=message.chat_id, user_id=who, message_id=message.message_id,
             file_id=file_id, file_unique_id=file_unique_id, sha256=hashlib.sha256(data).hexdigest(),
-            reply_message_id=reply.message_id, label=prediction.label if prediction else None,
+            reply_message_id=reply.message_id, label=prediction.answer if prediction else None,
             confidence=prediction.confidence if prediction else None, top=prediction.top if prediction else (),
-            model_version=prediction.version if prediction else None))
+            model_version=prediction.version if prediction else None, user_name=sender_name(update)))
+
+
+def describe(prediction: Prediction | None) -> str:
+    """The answer for the log: what the user was told, the head's class, and the open-set score."""
+    if prediction is None:
+        return "no model"
+    score = "-"
+    if prediction.openset is not None and prediction.threshold is not None:
+        score = f"{prediction.openset:.3f}/{prediction.threshold:.3f}"
+    return f"{prediction.answer} ({prediction.label} {prediction.confidence:.2f}, open-set {score}) {prediction.version}"
 
 
 def keyboard_for(prediction: Prediction | None, message_id: int, ask_margin: float, lang: str):
-    """No model: the 11 classes. Top two close: ask which. Otherwise: right, or fix."""
+    """No model: the 11 classes (and 🚫). Not kimchi: right, or it is kimchi. Top two close: ask which.
+    Otherwise: right, or fix."""
     if prediction is None:
         return classes_keyboard(message_id, lang)
+    if prediction.not_kimchi:
+        return not_kimchi_keyboard(message_id, lang)
     asked = asked_pair(prediction, ask_margin)
     if asked:
         return ask_keyboard(message_id, *asked, lang)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.texts import kimchi_name, say
-from models.labels import CLASSES, by_name
+from models.labels import CLASSES, LABELS, NOT_KIMCHI, NOT_KIMCHI_CLASS, by_name, is_kimchi
 
 MAX_MESSAGE_ID = 2**31 - 1
 _CALLBACK = re.compile(r"(ok|fix):([0-9]{1,10})|(set|ask):([0-9]{1,10}):([0-9]{1,2})", re.ASCII)
@@ -21,8 +21,8 @@ _CALLBACK = re.compile(r"(ok|fix):([0-9]{1,10})|(set|ask):([0-9]{1,10}):([0-9]{1
 
 @dataclass(frozen=True)
 class Tap:
-    """A parsed button press: `ok` (the answer is right), `fix` (show the classes), `set` (this class) or
-    `ask` (one of the two the model could not tell apart)."""
+    """A parsed button press: `ok` (the answer is right), `fix` (show the classes), `set` (this label: a class
+    or not_kimchi) or `ask` (one of the two kimchi the model could not tell apart)."""
 
     action: str
     message_id: int
@@ -38,17 +38,19 @@ def parse_tap(data: str | None) -> Tap | None:
         tap = Tap(m.group(1), int(m.group(2)))
     else:
         tap = Tap(m.group(3), int(m.group(4)), int(m.group(5)))
-        if tap.class_id >= len(CLASSES):
+        if tap.class_id >= (len(CLASSES) if tap.action == "ask" else len(LABELS)):  # ask offers kimchi only
             return None
     return tap if 0 < tap.message_id <= MAX_MESSAGE_ID else None
 
 
 def asked_pair(prediction, ask_margin: float) -> tuple[str, str] | None:
     """The two classes an answer asked between ('A?' / 'B?'), or None when it offered ✅ / ✏️ (or nothing):
-    the model's top two when they are closer than `ask_margin` and both are classes."""
+    the model's top two when they are closer than `ask_margin` and both are kimchi classes. Never for a
+    not-kimchi answer (a Prediction's `answer`, a stored row's `label`), and never offering not_kimchi."""
     top = getattr(prediction, "top", None) or ()
-    if (getattr(prediction, "label", None) and len(top) >= 2 and top[0][1] - top[1][1] < ask_margin
-            and by_name(top[0][0]) and by_name(top[1][0])):
+    label = getattr(prediction, "answer", None) or getattr(prediction, "label", None)
+    if (label and label != NOT_KIMCHI and len(top) >= 2 and top[0][1] - top[1][1] < ask_margin
+            and is_kimchi(top[0][0]) and is_kimchi(top[1][0])):
         return top[0][0], top[1][0]
     return None
 
@@ -56,6 +58,13 @@ def asked_pair(prediction, ask_margin: float) -> tuple[str, str] | None:
 def answer_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([[InlineKeyboardButton(say("btn_ok", lang), callback_data=f"ok:{photo_message_id}"),
                                   InlineKeyboardButton(say("btn_fix", lang), callback_data=f"fix:{photo_message_id}")]])
+
+
+def not_kimchi_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
+    """Under a not-kimchi answer: ✅ agrees (not kimchi), ✏️ says it is kimchi after all (the classes)."""
+    return InlineKeyboardMarkup([[
+        InlineKeyboardButton(say("btn_ok", lang), callback_data=f"ok:{photo_message_id}"),
+        InlineKeyboardButton(say("btn_is_kimchi", lang), callback_data=f"fix:{photo_message_id}")]])
 
 
 def ask_keyboard(photo_message_id: int, first: str, second: str, lang: str) -> InlineKeyboardMarkup:
@@ -67,9 +76,12 @@ def ask_keyboard(photo_message_id: int, first: str, second: str, lang: str) -> I
 
 
 def classes_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:
+    """The 11 classes, three a row, and 🚫 not kimchi on a row of its own."""
     buttons = [InlineKeyboardButton(kimchi_name(c.name, lang), callback_data=f"set:{photo_message_id}:{c.id}")
                for c in CLASSES]
-    return InlineKeyboardMarkup([buttons[i:i + 3] for i in range(0, len(buttons), 3)])
+    none = InlineKeyboardButton(say("btn_not_kimchi", lang),
+                                callback_data=f"set:{photo_message_id}:{NOT_KIMCHI_CLASS.id}")
+    return InlineKeyboardMarkup([*(buttons[i:i + 3] for i in range(0, len(buttons), 3)), [none]])
 
 
 def fix_again_keyboard(photo_message_id: int, lang: str) -> InlineKeyboardMarkup:

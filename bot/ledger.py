@@ -94,17 +94,39 @@ class Ledger:
         return done.rowcount
 
     # -- admins -------------------------------------------------------------------------------
-    async def decide(self, correction_id: int, status: Status, admin_id: int | None, label: str | None = None) -> None:
-        """An admin's decision on one label (it clears an audit flag); a rejection takes given trust from its
-        author."""
+    async def decide(self, correction_id: int, status: Status, admin_id: int | None, label: str | None = None) -> bool:
+        """An admin's decision on one pending label (`decide_many` of one); False when it was decided meanwhile
+        (in the review desk, or by another admin)."""
+        return await self.decide_many([correction_id], status, admin_id, label) == 1
+
+    async def decide_many(self, correction_ids: list[int], status: Status, admin_id: int | None,
+                          label: str | None = None) -> int:
+        """An admin's one decision on the labels of `correction_ids` that are still pending, in one transaction
+        (the desk's bulk action; `/review`'s one): it clears an audit flag, a rejection takes given trust from
+        the label's author, and a relabel to another label earns its author nothing (Basis.RELABELLED). Returns
+        how many it decided; the others were decided meanwhile."""
+        ids = sorted(set(correction_ids))
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        at = stamp()
         async with self.db.write() as tx:
-            await tx.execute(
-                "UPDATE corrections SET status=?, basis=?, decided_by=?, decided_at=?, audit_flag=NULL,"
-                " corrected_label=COALESCE(?, corrected_label) WHERE id=?",
-                (status, Basis.ADMIN, admin_id, stamp(), label, correction_id))
-            if status == Status.REJECTED:
-                await tx.execute("UPDATE users SET trusted=0, updated_at=? WHERE user_id ="
-                                 " (SELECT user_id FROM corrections WHERE id=?)", (stamp(), correction_id))
+            done = await tx.execute(
+                "UPDATE corrections SET status=?, basis=CASE WHEN ? IS NULL OR ? = corrected_label THEN ? ELSE ? END,"
+                " decided_by=?, decided_at=?, audit_flag=NULL, corrected_label=COALESCE(?, corrected_label)"
+                f" WHERE status=? AND id IN ({marks})",
+                (status, label, label, Basis.ADMIN, Basis.RELABELLED, admin_id, at, label, Status.PENDING, *ids))
+            if status == Status.REJECTED and done.rowcount:
+                await tx.execute(f"UPDATE users SET trusted=0, updated_at=? WHERE user_id IN (SELECT user_id FROM"
+                                 f" corrections WHERE decided_at=? AND id IN ({marks}))", (at, at, *ids))
+        return done.rowcount
+
+    async def authors_of(self, correction_ids: list[int]) -> set[int]:
+        """The users who gave these labels."""
+        ids = sorted(set(correction_ids))
+        marks = ",".join("?" * len(ids))
+        return {r[0] for r in await self.db.all(
+            f"SELECT DISTINCT user_id FROM corrections WHERE id IN ({marks}) AND user_id IS NOT NULL", ids)}
 
     async def set_user(self, user_id: int, *, trusted: bool | None = None, blocked: bool | None = None) -> int:
         """Trust, block or unblock a user. Blocking rejects all their labels, accepted ones included, and sends

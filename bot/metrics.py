@@ -2,8 +2,8 @@
 
 Each Application gets its own `BotMetrics` with its own CollectorRegistry (not prometheus-client's global
 one), so a process, or a test, can hold several bots. Handlers count through small methods
-(`photo`, `photo_answered`, `correction`, `retrain`); the engine reports batch sizes through its
-`on_batch` hook; the queue depth and the serving version are read from the engine when scraped.
+(`photo`, `photo_answered`, `not_kimchi_answer`, `correction`, `retrain`); the engine reports batch sizes
+through its `on_batch` hook; the queue depth and the serving version are read from the engine when scraped.
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 # Photo outcomes: "answered" (a label, or the class buttons in labelling mode), "rejected" (with the
 # engine's or the handler's reason), "busy", "rate_limited", "too_big", "download_failed", "engine_failed".
 PHOTO_OUTCOMES = ("answered", "rejected", "busy", "rate_limited", "too_big", "download_failed", "engine_failed")
+# What said a photo is not kimchi: the classifier's not_kimchi class (a model trained with negatives), or the
+# version's open-set score over its calibrated threshold.
+NOT_KIMCHI_BY = ("class", "score")
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # An update handler in a group after every other: it runs once the real handler has finished.
@@ -66,6 +69,10 @@ class BotMetrics:
         self.queue_depth = Gauge("kimchi_engine_queue_depth", "Images waiting in, or running through, the engine.",
                                  registry=r)
         self.queue_depth.set_function(self._queued)
+        self.not_kimchi = Counter("kimchi_not_kimchi_answers", "Photos answered 'not kimchi', by what said so: "
+                                  "the classifier's not_kimchi class or the open-set score.", ["by"], registry=r)
+        for by in NOT_KIMCHI_BY:  # both series from the start, at 0
+            self.not_kimchi.labels(by=by)
         self.corrections = Counter("kimchi_corrections", "Labels users gave, by status.", ["status"], registry=r)
         self.retrains = Counter("kimchi_retrain_runs", "Retrain runs by decision.", ["decision"], registry=r)
         self.updates = Counter("kimchi_updates", "Telegram updates handled.", registry=r)
@@ -93,6 +100,11 @@ class BotMetrics:
         """An answer went out for a photo whose handling began at time.monotonic() `started`."""
         self.photos.labels(outcome="answered", reason="").inc()
         self.photo_seconds.observe(time.monotonic() - started)
+
+    def not_kimchi_answer(self, by: str) -> None:
+        """An answer went out saying the photo is not kimchi; `by`: "class" (the head's not_kimchi) or "score"
+        (the open-set check). Also counted in kimchi_photos as answered."""
+        self.not_kimchi.labels(by=by).inc()
 
     def batch(self, size: int) -> None:
         """The engine ran a batch of `size` images (called on the engine's worker thread)."""

@@ -32,7 +32,7 @@ PERSONAL = {
                     "predicted_label", "confidence", "corrected_label", "confirmed", "model_version", "path",
                     "created_at", "updated_at", "missing_file", "status", "source", "decided_by", "decided_at",
                     "audit_flag", "update_seq", "basis", "bytes"),
-    "users": ("user_id", "trusted", "blocked", "updated_at", "first_seen"),
+    "users": ("user_id", "trusted", "blocked", "updated_at", "first_seen", "name"),
 }
 # Tables that name no user (admins' retrains name admins, who run the bot).
 IMPERSONAL = ("retrain_runs", "splits", "erasures")
@@ -84,8 +84,8 @@ class PersonalData:
             ids = [r["id"] for r in doomed]
             await tx.executemany("DELETE FROM corrections WHERE id=?", [(i,) for i in ids])
             predictions = (await tx.execute("DELETE FROM predictions WHERE user_id=?", (user_id,))).rowcount
-            await tx.execute("UPDATE users SET trusted=0, first_seen=NULL, updated_at=? WHERE user_id=? AND blocked=1",
-                             (stamp(), user_id))  # decided inside the erase: a /block meanwhile is not lost
+            await tx.execute("UPDATE users SET trusted=0, first_seen=NULL, name=NULL, updated_at=?"
+                             " WHERE user_id=? AND blocked=1", (stamp(), user_id))  # decided inside the erase: a /block meanwhile is not lost
             await tx.execute("DELETE FROM users WHERE user_id=? AND blocked=0", (user_id,))
             await tx.execute("INSERT INTO erasures (erased_at, predictions, labels) VALUES (?,?,?)",
                              (stamp(), predictions, len(ids)))

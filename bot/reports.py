@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from bot.texts import number, percent, say
+from bot.texts import kimchi_name, number, percent, say
 from models.promotion import NOTES, Check, Decision, Finding
 from models.protocol import TrainResult
 from models.trainset import left_out_detail
@@ -34,7 +34,7 @@ def finding_text(f: Finding, lang: str) -> str:
     else:
         fmt = number
     return say(FINDING_KEYS[f.check], lang, candidate=fmt(f.candidate), current=fmt(f.current),
-               limit=f"{f.limit:g}", n=f.n, label=f.label or "", p=number(f.p))
+               limit=f"{f.limit:g}", n=f.n, label=kimchi_name(f.label, lang) if f.label else "", p=number(f.p))
 
 
 def decision_text(decision: Decision, lang: str) -> str:
@@ -107,12 +107,23 @@ def report_table(result: TrainResult, total: int, corrections: int, duration: fl
              say("report_per_class", lang)]
     for label in sorted(candidate.per_class_f1):
         lines.append(row(f" {label}", candidate.per_class_f1[label], current.per_class_f1.get(label) if current else None))
-    lines += [say("report_holdout", lang, n=candidate.n),
+    openset = openset_line(result.valid_metrics, lang)
+    lines += [*([openset] if openset else []),
+              say("report_holdout", lang, n=candidate.n),
               say("report_training", lang, total=total, corrections=corrections),
               *([say("report_left_out", lang, detail=left_out_detail(left_out))] if left_out else []),
               say("report_time", lang, epoch=result.kept_epoch or "-", train=f"{result.train_time_s:.0f}",
                   whole=f"{duration:.0f}")]
     return "\n".join(lines)
+
+
+def openset_line(metrics: dict, lang: str) -> str:
+    """The new version's open-set check on its validation split (the trainer's DoneEvent: openset_kept,
+    openset_caught, openset_right_kind); '' when it has none. Negatives caught is '-' without negatives."""
+    if metrics.get("openset_kept") is None:
+        return ""
+    return say("report_openset", lang, kept=percent(metrics["openset_kept"], 1),
+               caught=percent(metrics.get("openset_caught"), 1), right_kind=percent(metrics.get("openset_right_kind"), 1))
 
 
 def bar(fraction: float, width: int = 10) -> str:

@@ -10,10 +10,11 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
+from bot.desk import open_button
 from bot.services import Services, admin_only, lang_of, sender_id, services
-from bot.texts import SOURCE_KEYS, fit, kimchi_name, percent, say
+from bot.texts import SOURCE_KEYS, audit_reasons, fit, kimchi_name, percent, say
 from bot.ledger import ReviewItem, author_of, next_pending
-from models.labels import CLASSES, by_id
+from models.labels import CLASSES, NOT_KIMCHI_CLASS, by_id
 from models.status import Status
 
 log = logging.getLogger(__name__)
@@ -22,18 +23,21 @@ CAPTION_LIMIT = 1024  # Telegram's limit for a photo's caption
 _REVIEW_TAP = re.compile(r"rv:([aexb]):([0-9]{1,12})|rv:l:([0-9]{1,12}):([0-9]{1,2})", re.ASCII)
 
 
-def review_keyboard(item_id: int, lang: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton(say("review_accept", lang), callback_data=f"rv:a:{item_id}"),
-        InlineKeyboardButton(say("review_relabel", lang), callback_data=f"rv:e:{item_id}"),
-        InlineKeyboardButton(say("review_reject", lang), callback_data=f"rv:x:{item_id}"),
-        InlineKeyboardButton(say("review_block", lang), callback_data=f"rv:b:{item_id}")]])
+def review_keyboard(item_id: int, lang: str, desk: InlineKeyboardButton | None = None) -> InlineKeyboardMarkup:
+    """Accept / relabel / reject / block; and, given `desk`, a second row opening the review desk's grid."""
+    rows = [[InlineKeyboardButton(say("review_accept", lang), callback_data=f"rv:a:{item_id}"),
+             InlineKeyboardButton(say("review_relabel", lang), callback_data=f"rv:e:{item_id}"),
+             InlineKeyboardButton(say("review_reject", lang), callback_data=f"rv:x:{item_id}"),
+             InlineKeyboardButton(say("review_block", lang), callback_data=f"rv:b:{item_id}")]]
+    return InlineKeyboardMarkup(rows + [[desk]] if desk else rows)
 
 
 def relabel_keyboard(item_id: int, lang: str) -> InlineKeyboardMarkup:
+    """The 11 classes, three a row, and 🚫 not kimchi on a row of its own."""
     buttons = [InlineKeyboardButton(kimchi_name(c.name, lang), callback_data=f"rv:l:{item_id}:{c.id}")
                for c in CLASSES]
-    return InlineKeyboardMarkup([buttons[i:i + 3] for i in range(0, len(buttons), 3)])
+    none = InlineKeyboardButton(say("btn_not_kimchi", lang), callback_data=f"rv:l:{item_id}:{NOT_KIMCHI_CLASS.id}")
+    return InlineKeyboardMarkup([*(buttons[i:i + 3] for i in range(0, len(buttons), 3)), [none]])
 
 
 def caption(item: ReviewItem, lang: str) -> str:
@@ -43,7 +47,7 @@ def caption(item: ReviewItem, lang: str) -> str:
                accepted=item.standing.accepted, rejected=item.standing.rejected, left=item.left,
                source=say(SOURCE_KEYS.get(item.source, "source_correction"), lang))
     if item.audit_flag:
-        text += "\n" + say("review_flagged", lang, flag=item.audit_flag)
+        text += "\n" + say("review_flagged", lang, flag=audit_reasons(item.audit_flag, lang))
     return fit(text, CAPTION_LIMIT)
 
 
@@ -53,12 +57,15 @@ async def show_next(svc: Services, chat_id: int, lang: str, bot, after_id: int =
     if item is None:
         await bot.send_message(chat_id, say("review_empty", lang))
         return
+    # the desk's grid as a Mini App, where Telegram allows one: over HTTPS, in a private chat
+    desk = open_button(svc.settings, lang) if chat_id > 0 else None
+    keyboard = review_keyboard(item.id, lang, desk)
     path = Path(item.path)
     if path.is_file():
         with open(path, "rb") as fh:
-            await bot.send_photo(chat_id, fh, caption=caption(item, lang), reply_markup=review_keyboard(item.id, lang))
+            await bot.send_photo(chat_id, fh, caption=caption(item, lang), reply_markup=keyboard)
     else:
-        await bot.send_message(chat_id, caption(item, lang), reply_markup=review_keyboard(item.id, lang))
+        await bot.send_message(chat_id, caption(item, lang), reply_markup=keyboard)
 
 
 @admin_only
@@ -85,19 +92,22 @@ async def decide(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await query.answer(say("saving", lang))
     if action == "a":
-        await svc.ledger.decide(item_id, Status.ACCEPTED, admin)
+        decided = await svc.ledger.decide(item_id, Status.ACCEPTED, admin)
         outcome = say("review_done_accepted", lang)
     elif action == "l":
         label = by_id(int(m.group(4))).name
-        await svc.ledger.decide(item_id, Status.ACCEPTED, admin, label=label)
+        decided = await svc.ledger.decide(item_id, Status.ACCEPTED, admin, label=label)
         outcome = say("review_done_relabelled", lang, label=kimchi_name(label, lang))
     elif action == "x":
-        await svc.ledger.decide(item_id, Status.REJECTED, admin)
+        decided = await svc.ledger.decide(item_id, Status.REJECTED, admin)
         outcome = say("review_done_rejected", lang)
     else:
+        decided = True
         author = await author_of(svc.ledger, item_id)
         rejected = await svc.ledger.set_user(author, blocked=True) if author is not None else 0
         outcome = say("review_done_blocked", lang, user=author if author is not None else "-", n=rejected)
+    if not decided:  # decided meanwhile in the review desk, or by another admin: that decision stands
+        outcome = say("review_already_decided", lang)
     try:
         await query.edit_message_reply_markup(None)
         await query.message.reply_text(outcome)

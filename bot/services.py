@@ -38,6 +38,18 @@ def sender_id(update: Update) -> int | None:
     return user.id
 
 
+def sender_name(update: Update) -> str | None:
+    """The sender's Telegram name as they show it (first and last name, @username), for the review desk; None
+    when the update speaks for no one person (see sender_id)."""
+    if sender_id(update) is None:
+        return None
+    user = update.effective_user
+    name = user.full_name or ""
+    if user.username:
+        name = f"{name} (@{user.username})" if name else f"@{user.username}"
+    return name or None
+
+
 class _Events:
     """One sender's recent events (oldest first, from `head` on) and when a refusal was last told."""
 

@@ -103,6 +103,15 @@ def _webhook_url(raw: str) -> str:
     return url
 
 
+def _desk_url(raw: str) -> str:
+    url = raw.strip()
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname or not parts.path.endswith("/desk/")):
+        raise ValueError(f"must be the desk's full URL ending in /desk/, such as https://bot.example.com/desk/, "
+                         f"not '{url}'.")
+    return url
+
+
 def _train_args(raw: str) -> tuple[str, ...]:
     """Recipe flags only, read by the trainer's own parser: what /retrain would refuse is refused at start."""
     try:
@@ -278,12 +287,20 @@ class Settings(BaseSettings):
     train_gpus: int = Field(
         "1", alias="KIMCHI_TRAIN_GPUS", ge=1, le=64,
         description="GPUs `/retrain` trains on (`kimchi-train train --gpus N`)")
+    desk_url: Annotated[str, BeforeValidator(_desk_url)] = Field(
+        "", alias="KIMCHI_DESK_URL",
+        description="turns the review desk on: the URL admins open it at, ending in `/desk/`; `https://…` (e.g. "
+                    "the webhook's host behind the same proxy) also opens it as a Telegram Mini App, "
+                    "`http://127.0.0.1:8080/desk/` gives browser links only (over an SSH tunnel)")
+    desk_session_hours: float = Field(
+        "8", alias="KIMCHI_DESK_SESSION_HOURS", ge=0.1, le=168,
+        description="how long a desk sign-in lasts; a one-time login link from `/desk` expires after 10 minutes")
 
     @model_validator(mode="after")
     def _together(self) -> "Settings":
         """The webhook's and the Bot API server's variables, which depend on each other."""
         if self.webhook_url:
-            if self.webhook_path in RESERVED_PATHS:
+            if self.webhook_path in RESERVED_PATHS or self.webhook_path.startswith("/desk"):
                 raise ValueError(f"KIMCHI_WEBHOOK_URL's path cannot be {self.webhook_path}: the bot serves its own "
                                  "page there.")
             if not WEBHOOK_SECRET_PATTERN.match(self.webhook_secret.get_secret_value()):
@@ -324,8 +341,19 @@ class Settings(BaseSettings):
 
     @property
     def listen_address(self) -> tuple[str, int] | None:
-        """Where the bot's HTTP server listens: KIMCHI_LISTEN, or its default in webhook mode, else nowhere."""
-        return self.listen or (DEFAULT_LISTEN if self.webhook_mode else None)
+        """Where the bot's HTTP server listens: KIMCHI_LISTEN, or its default in webhook mode or with the desk,
+        else nowhere."""
+        return self.listen or (DEFAULT_LISTEN if self.webhook_mode or self.desk else None)
+
+    @property
+    def desk(self) -> bool:
+        """Whether the review desk is on (KIMCHI_DESK_URL is set)."""
+        return bool(self.desk_url)
+
+    @property
+    def desk_mini_app(self) -> bool:
+        """Whether Telegram can open the desk as a Mini App: only over HTTPS."""
+        return urlsplit(self.desk_url).scheme == "https"
 
     @property
     def user_quota_bytes(self) -> int:

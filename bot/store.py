@@ -47,6 +47,7 @@ class PredictionRecord:
     reply_message_id: int | None = None
     id: int | None = None
     created_at: str = ""
+    user_name: str | None = None  # the sender's Telegram name as sent with this photo (the desk shows it)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class Stats:
     wrong_rate: float | None = None  # among corrected/confirmed photos with a model prediction
 
 
+NAME_CHARS = 64
+
+
 class Store:
     """The rows of KIMCHI_HOME/kimchi.sqlite3, and the corrections folder they name (`photos`)."""
 
@@ -132,7 +136,7 @@ class Store:
                 (p.chat_id, p.user_id, p.message_id, p.reply_message_id, p.file_id, p.file_unique_id, p.sha256,
                  p.label, p.confidence, json.dumps(p.top, ensure_ascii=False), p.model_version, created))
             if p.user_id is not None:  # first seen: agreement counts only users the bot has known a while
-                await _seen(tx, p.user_id, created)
+                await _seen(tx, p.user_id, created, p.user_name)
         return PredictionRecord(**{**p.__dict__, "id": done.lastrowid, "created_at": created})
 
     @contextlib.asynccontextmanager
@@ -325,9 +329,13 @@ class Store:
         return s
 
 
-async def _seen(tx: Transaction, user_id: int, at: str) -> None:
-    """A user's first sighting (agreement counts only users the bot has known a while)."""
+async def _seen(tx: Transaction, user_id: int, at: str, name: str | None = None) -> None:
+    """A user's first sighting (agreement counts only users the bot has known a while), and their name as they
+    last sent it (bounded to NAME_CHARS)."""
     await tx.execute("INSERT OR IGNORE INTO users (user_id, first_seen, updated_at) VALUES (?,?,?)", (user_id, at, at))
+    if name:
+        await tx.execute("UPDATE users SET name=? WHERE user_id=? AND COALESCE(name, '') != ?",
+                         (name[:NAME_CHARS], user_id, name[:NAME_CHARS]))
 
 
 async def _write_correction_row(tx: Transaction, c: Correction, path: Path, size: int, existing_id: int | None) -> int:

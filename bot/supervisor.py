@@ -4,8 +4,9 @@ It knows the store, the serving model and the trainer protocol, not Telegram: wh
 through a `Notifier` (bot.admin gives the Telegram one; tests give a list). One run at a time:
 
     prepare   base + accepted labels (models.corpus), refused at once when there is nothing to learn
-    audit     `kimchi-train audit` on them with the serving model: a flagged label from a non-admin goes
-              back to pending and sits this run out; near-duplicates are grouped for the holdout
+    audit     `kimchi-train audit` on them with the serving model (users' labels listed with the accounts behind
+              them): a label from a non-admin flagged as wrong, as not kimchi or as part of a flood goes back to
+              pending and sits this run out; near-duplicates are grouped for the holdout
     split     models.trainset: one side per photo (and per near-duplicate group), frozen; a class with fewer
               training images than KIMCHI_RETRAIN_MIN_PER_CLASS is left out (the admin is told), and the
               run is refused only when fewer than two classes remain
@@ -33,16 +34,24 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.trainer_process import TrainerProcess, is_our_trainer, kimchi_train
 from bot.ledger import Ledger
+from models.atomic import atomic_write
 from models.clock import stamp
-from models.corpus import corpus_rows
+from models.corpus import corpus_rows, read_labels
 from models.errors import KimchiError
 from models.holdout import read_holdout, score
 from models.home import holdout_key
 from models.promotion import Decision, decide
 from models.protocol import AuditedEvent, EpochEvent, ErrorEvent, Event, Stage, StageEvent, TrainResult
+from models.status import Status
 from models.trainset import Collected, TrainingSet, build_training_set, collect_items, left_out_detail
 
 log = logging.getLogger(__name__)
+
+# The audit's issues that send a user's accepted label back to /review: a label that looks wrong, a kimchi label on
+# a photo the open-set check calls not kimchi, one of a flood of near-identical photos from few accounts
+# (training/audit.py). Outliers and near-duplicates alone are only reported.
+AUDIT_ACTS_ON = frozenset({"label", "not_kimchi", "flood"})
+AUDIT_JSON = "audit.json"  # the run's AuditedEvent, kept in its folder for the review desk
 
 
 class RunStatus(str, Enum):
@@ -253,8 +262,15 @@ class RetrainSupervisor:
     async def _audit(self, run: Run) -> None:
         """Flag what the audit finds; accepted labels from non-admins that it flags wait for an admin again."""
         items_file, out_dir = run.folder / "audit-items.jsonl", run.folder / "audit"
-        items_file.write_text("".join(json.dumps({"path": str(i.path), "label": i.label, "sha256": sha},
-                                                 ensure_ascii=False) + "\n"
+        accounts = await asyncio.to_thread(self._accounts)
+
+        def line(sha: str, item) -> dict:
+            row = {"path": str(item.path), "label": item.label, "sha256": sha}
+            if item.source == "correction":  # a user's label: the audit's open-set and flood checks read `users`
+                row["users"] = accounts.get((sha, item.label), [])
+            return row
+
+        items_file.write_text("".join(json.dumps(line(sha, i), ensure_ascii=False) + "\n"
                                       for sha, i in sorted(run.collected.items.items())), encoding="utf-8")
         run.process = TrainerProcess(self.audit_command(items_file, out_dir), run.folder / "audit.log",
                                      env=self.trainer_env())
@@ -268,14 +284,24 @@ class RetrainSupervisor:
         if code != 0 or run.audit is None:
             log.warning("retrain %s: the audit did not finish (status %s); training without it", run.id, code)
             return
+        # what the review desk shows of the last audit (its near-duplicate groups); sha256s and labels, no users
+        atomic_write(run.folder / AUDIT_JSON, run.audit.to_json().encode("utf-8"))
         removable = {sha for sha, item in run.collected.items.items()
                      if item.source == "correction" and not item.admin_decided}
         flagged = {sha: ",".join(issues) for sha, issues in run.audit.flagged.items()
-                   if sha in removable and "label" in issues}
+                   if sha in removable and AUDIT_ACTS_ON.intersection(issues)}
         run.flagged_corrections = await self.ledger.flag(flagged)
         for sha in flagged:
             run.collected.items.pop(sha, None)
             run.collected.corrections -= 1
+
+    def _accounts(self) -> dict[tuple[str, str], list[int]]:
+        """(sha256, label) -> the accounts that gave that photo that label (not rejected), for the flood check."""
+        found: dict[tuple[str, str], set[int]] = {}
+        for row in read_labels(self.settings.home.database):
+            if row.status != Status.REJECTED and row.user_id is not None:
+                found.setdefault((row.sha256, row.label), set()).add(row.user_id)
+        return {key: sorted(ids) for key, ids in found.items()}
 
     def _check_counts(self, tset: TrainingSet) -> None:
         """A class under the minimum is already left out (models.trainset); refused only when fewer than two

@@ -1,7 +1,7 @@
 """Every sentence a user sees, in Korean and English. Handlers pick by key; they hold no prose."""
 from __future__ import annotations
 
-from models.labels import CLASSES, by_name
+from models.labels import CLASSES, NOT_KIMCHI, by_name
 
 KO, EN = "ko", "en"
 
@@ -37,6 +37,19 @@ TEXTS: dict[str, dict[str, str]] = {
     "btn_ask": {KO: "{name}?", EN: "{name}?"},
     "btn_other": {KO: "✏️ 다른 김치", EN: "✏️ Another kind"},
     "btn_fix": {KO: "✏️ 고치기", EN: "✏️ Fix"},
+    # not kimchi (issue 21): the answer, its buttons, the label's name, and the retrain report's open-set figures
+    "not_kimchi_answer": {KO: "김치가 아닌 것 같아요 🤔", EN: "I don't think this is kimchi 🤔"},
+    "not_kimchi_answer_closest": {KO: "김치가 아닌 것 같아요 🤔 김치라면 가장 가까운 건 {name}({pct})예요",
+                                  EN: "I don't think this is kimchi 🤔 If it is, the closest kind is {name} at {pct}."},
+    "btn_is_kimchi": {KO: "✏️ 김치예요", EN: "✏️ It is kimchi"},
+    "btn_not_kimchi": {KO: "🚫 김치 아님", EN: "🚫 Not kimchi"},
+    "label_not_kimchi": {KO: "김치 아님", EN: "Not kimchi"},
+    "result_not_kimchi": {KO: "{name} — {pct}", EN: "{name} — {pct}"},
+    "classes_not_kimchi": {KO: "🚫 김치가 아니면: /correct 김치아님", EN: "🚫 Not kimchi at all: /correct not kimchi"},
+    "report_openset": {KO: "김치 아님 판별: 김치 통과 {kept}, 김치 아닌 사진 걸러냄 {caught}, 통과한 김치 중 맞는 종류 {right_kind}",
+                       EN: "not-kimchi check: kimchi kept {kept}, negatives caught {caught}, right kind {right_kind}"},
+    "retrain_openset": {KO: "{version}의 김치 아님 점수 분포 (김치 대 김치 아닌 사진)",
+                        EN: "Not-kimchi score of {version}: kimchi against negatives"},
     "saved": {KO: "고마워요! {name}(으)로 저장했어요. ✓", EN: "Thanks! Saved as {name}. ✓"},
     "saved_changed": {KO: "고마워요! {old} → {name}(으)로 고쳐서 저장했어요. ✓",
                       EN: "Thanks! Changed {old} → {name} and saved. ✓"},
@@ -49,7 +62,7 @@ TEXTS: dict[str, dict[str, str]] = {
             "사진은 라벨과 함께)\n"
             "• 라벨(고치기·✅·버튼)마다: 라벨, 상태, 그리고 사진 한 장(작게 줄이고 위치 정보 등 메타데이터는 지워서) — "
             "승인된 라벨은 모델 학습에 쓰는 동안, 확인 안 된 라벨은 {pending}일, 거절된 라벨은 {retention}일\n"
-            "• 사용자 기록: 처음 본 날, 신뢰·차단 여부\n"
+            "• 사용자 기록: 처음 본 날, 신뢰·차단 여부, 마지막으로 보내신 텔레그램 이름(관리자의 검토 화면에 보여요)\n"
             "왜: 김치를 알아보고, 고쳐 주신 사진으로 모델을 더 낫게 하려고요.\n"
             "누가 보나요: 이 봇의 관리자만요. 이미 학습된 모델은 배운 것을 지니고 있어요.\n"
             "/mydata — 보관된 모든 것의 사본(zip, 하루 한 번)\n"
@@ -60,7 +73,8 @@ TEXTS: dict[str, dict[str, str]] = {
             "• For each label you gave (a fix, ✅, a button): the label, its status, and one copy of the photo "
             "(scaled down, with location and all other metadata removed) — accepted ones while the model trains on "
             "them, unconfirmed ones {pending} days, declined ones {retention} days\n"
-            "• Your record: when I first saw you, whether you are trusted or blocked\n"
+            "• Your record: when I first saw you, whether you are trusted or blocked, and your Telegram name as you "
+            "last sent it (admins see it when they review labels)\n"
             "Why: to tell the kimchi, and to make the model better from your fixes.\n"
             "Who sees it: this bot's admins only. Models already trained keep what they learnt.\n"
             "/mydata — a copy of all of it (a zip, once a day)\n"
@@ -284,7 +298,42 @@ TEXTS: dict[str, dict[str, str]] = {
                        EN: "User's label: {label} ({source})\nModel: {top}\nVotes: {votes_for} for, {votes_against} against\n"
                            "User {user}: {accepted} accepted, {rejected} rejected\n{left} left to review"},
     "review_flagged": {KO: "⚠️ 감사(audit) 표시: {flag}", EN: "⚠️ Flagged by the audit: {flag}"},
+    # what the label audit found (training/audit.py), one key per reason; audit_reasons joins them
+    "audit_label": {KO: "라벨이 사진과 안 맞아 보여요", EN: "the label looks wrong for the photo"},
+    "audit_outlier": {KO: "다른 사진들과 많이 달라요", EN: "unlike the other photos"},
+    "audit_near_duplicate": {KO: "거의 같은 사진이 또 있어요", EN: "a near-copy of another photo"},
+    "audit_not_kimchi": {KO: "김치가 아닌 것 같은 사진에 김치 라벨", EN: "a kimchi label on a photo that does not look like kimchi"},
+    "audit_flood": {KO: "거의 같은 사진이 적은 계정에서 많이 왔어요",
+                    EN: "one of many near-identical photos labelled by few accounts"},
     "review_empty": {KO: "검토할 항목이 없어요. ✓", EN: "Nothing left to review. ✓"},
+    "review_already_decided": {KO: "이 라벨은 이미 (검토 데스크나 다른 관리자가) 결정했어요. 그 결정이 유지돼요.",
+                               EN: "This label was already decided (in the review desk, or by another admin); "
+                                   "that decision stands."},
+    # the review desk (bot/desk.py); the page's own strings are in bot/desk_texts.py
+    "desk_open": {KO: "🗂 검토 데스크", EN: "🗂 Review desk"},
+    "desk_menu": {KO: "데스크", EN: "Desk"},
+    "desk_off": {KO: "검토 데스크가 꺼져 있어요. 운영자가 KIMCHI_DESK_URL 을 설정하면 켜져요.",
+                 EN: "The review desk is off; the operator turns it on by setting KIMCHI_DESK_URL."},
+    "desk_private_only": {KO: "로그인 링크는 저와의 개인 대화에서만 보내 드려요.",
+                          EN: "I send login links only in our private chat."},
+    "desk_link": {KO: "검토 데스크 로그인 링크예요 ({minutes}분 동안 한 번만 쓸 수 있어요. 남에게 보내지 마세요):\n{link}",
+                  EN: "Your review desk login link (works once, for {minutes} minutes; do not forward it):\n{link}"},
+    "desk_refused_signature": {KO: "텔레그램 서명을 확인할 수 없어요. 봇에서 데스크를 다시 열어 주세요.",
+                               EN: "Telegram's signature does not check out; open the desk again from the bot."},
+    "desk_refused_expired": {KO: "로그인 정보가 만료됐어요. 봇에서 데스크를 다시 열어 주세요.",
+                             EN: "This sign-in has expired; open the desk again from the bot."},
+    "desk_refused_not_admin": {KO: "관리자만 검토 데스크를 쓸 수 있어요.", EN: "Only admins can use the review desk."},
+    "desk_refused_link": {KO: "이 로그인 링크는 이미 쓰였거나 만료됐어요. 봇에 /desk 를 보내 새 링크를 받으세요.",
+                          EN: "This login link was used already or has expired; send /desk to the bot for a new one."},
+    "desk_signed_out": {KO: "로그인이 끝났어요. 봇에서 데스크를 다시 열거나 /desk 로 새 링크를 받으세요.",
+                        EN: "You are signed out; open the desk from the bot again, or send /desk for a new link."},
+    "desk_refused_csrf": {KO: "요청을 확인할 수 없어요. 페이지를 새로 고쳐 주세요.",
+                          EN: "This request could not be verified; reload the page."},
+    "desk_bad_request": {KO: "요청을 이해하지 못했어요.", EN: "That request makes no sense to the desk."},
+    "desk_not_found": {KO: "찾을 수 없어요.", EN: "Not found."},
+    "desk_retrain_refused": {KO: "지금은 재학습을 시작할 수 없어요 (이미 진행 중이거나 데이터가 부족해요). 채팅의 /retrain 이 이유를 알려 줘요.",
+                             EN: "A retrain cannot start now (one is running, or there is too little data); "
+                                 "/retrain in the chat says why."},
     "review_accept": {KO: "✅ 승인", EN: "✅ Accept"},
     "review_relabel": {KO: "✏️ 라벨 변경", EN: "✏️ Relabel"},
     "review_reject": {KO: "❌ 거절", EN: "❌ Reject"},
@@ -344,6 +393,8 @@ def number(x: float | None, digits: int = 3) -> str:
 
 
 def kimchi_name(name: str, lang: str) -> str:
+    if name == NOT_KIMCHI:
+        return say("label_not_kimchi", lang)
     cls = by_name(name)
     if lang == KO or cls is None:
         return name
@@ -351,15 +402,20 @@ def kimchi_name(name: str, lang: str) -> str:
 
 
 def result_line(label: str, confidence: float, lang: str) -> str:
+    if label == NOT_KIMCHI:
+        return say("result_not_kimchi", lang, name=kimchi_name(label, lang), pct=percent(confidence))
     cls = by_name(label)
     return say("result", lang, name=label, roman=cls.roman if cls else label, gloss=cls.gloss if cls else "",
                pct=percent(confidence))
 
 
 def class_list(lang: str) -> str:
+    """The 11 classes, one a line, and how to say a photo is no kimchi at all."""
     if lang == KO:
-        return "\n".join(f"• {c.name} ({c.roman}) — {c.gloss}" for c in CLASSES)
-    return "\n".join(f"• {c.name} — {c.roman}, {c.gloss}" for c in CLASSES)
+        lines = [f"• {c.name} ({c.roman}) — {c.gloss}" for c in CLASSES]
+    else:
+        lines = [f"• {c.name} — {c.roman}, {c.gloss}" for c in CLASSES]
+    return "\n".join([*lines, say("classes_not_kimchi", lang)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +426,16 @@ IMAGE_KEYS = {"empty": "image_empty", "not_image": "image_not_image", "format": 
               "too_small": "image_too_small"}
 SOURCE_KEYS = {"correction": "source_correction", "confirm": "source_confirm", "ask": "source_ask",
                "dispute": "source_dispute", "label": "source_label"}
+AUDIT_KEYS = {"label": "audit_label", "outlier": "audit_outlier", "near_duplicate": "audit_near_duplicate",
+              "not_kimchi": "audit_not_kimchi", "flood": "audit_flood"}
+
+
+def audit_reasons(flag: str, lang: str) -> str:
+    """A stored audit flag ("not_kimchi,outlier") in words; a reason without words is shown as it is."""
+    reasons = [part.strip() for part in flag.split(",") if part.strip()]
+    return "; ".join(say(AUDIT_KEYS[r], lang) if r in AUDIT_KEYS else r for r in reasons) or flag
+
+
 def command_menu(lang: str) -> list[tuple[str, str]]:
     """(command, description) pairs for Telegram's command menu."""
     return [("start", say("cmd_start", lang)), ("help", say("cmd_help", lang)),

@@ -40,6 +40,9 @@ class Basis(StrEnum):
     OPEN = "open"  # the open policy uses every label
     BLOCK = "block"  # its author is blocked
     REPEATED = "repeated"  # its author gave again a label an admin had rejected
+    # an admin accepted the photo under another label than its author gave (/review's or the desk's relabel):
+    # trained on, but it earns its author nothing, as their own label was wrong
+    RELABELLED = "relabelled"
 
 
 EARNS_TRUST = (Basis.ADMIN, Basis.AGREEMENT)  # the only acceptances that count for their author's trust

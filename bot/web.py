@@ -1,4 +1,4 @@
-"""The bot's own HTTP server: the webhook, `GET /healthz` and `GET /metrics`.
+"""The bot's own HTTP server: the webhook, `GET /healthz`, `GET /metrics` and the review desk (bot/desk.py).
 
 PTB's custom-webhook pattern: a small Starlette app, served by uvicorn in the Application's event loop,
 puts each posted update on `application.update_queue`; PTB handles it as if it came from polling.
@@ -36,6 +36,7 @@ from telegram import Update
 from telegram.ext import Application
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from bot.desk import desk_routes
 from bot.metrics import BotMetrics, Health
 from bot.settings import Settings
 from models.errors import KimchiError
@@ -80,6 +81,7 @@ def build_web_app(app: Application, settings: Settings, body_timeout: float = BO
     if settings.webhook_mode:
         endpoint = webhook_endpoint(app, settings.webhook_secret.get_secret_value(), metrics, body_timeout)
         routes.append(Route(settings.webhook_path, endpoint, methods=["POST"]))
+    routes += desk_routes(app, settings)  # the review desk, when KIMCHI_DESK_URL turns it on
     return Starlette(routes=routes)
 
 

@@ -143,7 +143,8 @@ async def test_inline_keyboard_correction_and_confirmation(trained_copy, fake):
         await fake.tap(frank, message, fix_data)
         opened = (await fake.wait_for(lambda c: c.method == "editMessageReplyMarkup"))[0]
         choices = [b for row in buttons(opened) for b in row]
-        assert len(choices) == 11 and all(len(b["callback_data"].encode()) <= 64 for b in choices)
+        assert len(choices) == 12 and all(len(b["callback_data"].encode()) <= 64 for b in choices)
+        assert choices[-1]["text"] == "🚫 김치 아님"  # the 11 classes, then not kimchi
         nabak = next(b for b in choices if b["text"] == "나박김치")
         await fake.tap(frank, message, nabak["callback_data"])
         edited = (await fake.wait_for(lambda c: c.method == "editMessageText"))[0]
@@ -175,7 +176,7 @@ async def test_admin_commands_and_polite_refusals(trained_copy, fake):
                 lambda c, m=msg: c.method == "sendMessage" and int(c.params["chat_id"]) == m["chat"]["id"]
                 and c.result["message_id"] > m["message_id"]))[0].params["text"]
     stats = replies[(ADMIN, "/stats")]
-    assert "predictions: 1" in stats and "깍두기: 1" in stats and "wrong on corrected photos: 100%" in stats
+    assert "predictions: 1" in stats and "깍두기 (kkakdugi): 1" in stats and "wrong on corrected photos: 100%" in stats
     assert "model v1" in stats and "accuracy" in replies[(ADMIN, "/model")]
     for command in ("/stats", "/model", "/retrain", "/promote v1", "/rollback"):
         assert replies[(guest["id"], command)] == "이 명령은 사용할 수 없어요."
@@ -193,7 +194,7 @@ async def test_cold_start_labelling_mode(home, fake):
         await fake.reply_to(again)
         fix = await fake.send_text(gina, "/correct 오이소박이")
         saved = (await fake.reply_to(fix)).params["text"]
-    assert "라벨을 모으는 중" in answer.params["text"] and len(choices) == 11
+    assert "라벨을 모으는 중" in answer.params["text"] and len(choices) == 12 and choices[-1]["text"] == "🚫 김치 아님"
     assert "오이소박이" in saved
     labels = sorted(r["corrected_label"] for r in rows(home, "SELECT * FROM corrections"))
     assert labels == ["깍두기", "오이소박이"]
@@ -237,7 +238,7 @@ async def test_corrections_survive_a_restart(trained_copy, fake):
         text = (await fake.wait_for(lambda c: c.method == "sendMessage" and "predictions" in c.params.get("text", "")))[0]
         again = await fake.send_text(ivy, "/correct 백김치")  # still finds the photo after the restart
         moved = (await fake.reply_to(again)).params["text"]
-    assert "무생채: 1" in text.params["text"]
+    assert "무생채 (musaengchae): 1" in text.params["text"]
     assert "무생채 → 백김치" in moved
     (row,) = rows(trained_copy.home, "SELECT * FROM corrections")
     assert row["corrected_label"] == "백김치"

@@ -105,3 +105,37 @@ def test_scores_of_different_images_cannot_be_paired_and_fall_back_to_the_figure
     candidate = HoldoutScore(**{**score("v2", {0}, 7, 0.9).__dict__, "correct": {"other": True}})
     decision = decide(candidate, score("v1", {0, 1, 2}, 7, 0.5))
     assert decision.promote and [f.check for f in decision.findings] == [Check.MACRO_F1, Check.SMALL_HOLDOUT]
+
+
+# not_kimchi in the gate: scores made by models.holdout from the answers, on 15 깍두기, 15 배추김치, 20 negatives
+
+NEG = "not_kimchi"
+TRUTH = ["깍두기"] * 15 + ["배추김치"] * 15 + [NEG] * 20
+
+
+def answered(version: str, answers: list[str]) -> HoldoutScore:
+    from models.holdout import scored
+
+    rows = [{"path": f"p{i}.jpg", "label": label, "sha256": f"s{i}"} for i, label in enumerate(TRUTH)]
+    return scored(version, rows, answers)[0]
+
+
+def test_a_serving_model_without_not_kimchi_cannot_veto_the_candidate_on_it():
+    old = answered("v1", TRUTH[:30] + ["배추김치"] * 20)  # knows no not_kimchi: every negative is "배추김치"
+    assert old.per_class_f1[NEG] == 0.0 and old.per_class_n[NEG] == 20
+    new = answered("v2", TRUTH[:28] + [NEG] * 2 + [NEG] * 16 + ["배추김치"] * 4)  # misses 2 kimchi, catches 16 of 20
+    decision = decide(new, old)
+    assert decision.promote, decision.failed
+    assert Check.CLASS_F1 not in [f.check for f in decision.findings]
+
+
+def test_when_both_know_not_kimchi_catching_fewer_negatives_is_a_class_loss():
+    old = answered("v1", TRUTH)
+    new = answered("v2", TRUTH[:30] + [NEG] * 8 + ["배추김치"] * 12)  # catches 8 of 20, the rest "배추김치"
+    decision = decide(new, old, tolerance=1.0)  # whatever macro-F1 says: the class gate alone
+    failed = {(f.check, f.label) for f in decision.failed}
+    assert not decision.promote and (Check.CLASS_F1, NEG) in failed
+    assert "Not kimchi F1 fell from 1.000" in decision_text(decision, "en")
+    # calling kimchi "not kimchi" costs that kimchi its F1 as well
+    eager = answered("v3", ["깍두기"] * 7 + [NEG] * 8 + TRUTH[15:])
+    assert (Check.CLASS_F1, "깍두기") in {(f.check, f.label) for f in decide(eager, old, tolerance=1.0).failed}

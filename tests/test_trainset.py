@@ -11,7 +11,7 @@ from models.home import Home, holdout_key
 from models.promotion import Check, decide
 from models.protocol import HoldoutScore
 from models.trainset import CorrectionRow, build_training_set, collect_items, group_sides, holdout_side
-from tests.imagegen import draw, encode
+from tests.imagegen import OTHER_KINDS, draw, draw_other, encode
 
 KEY = b"k" * 32
 
@@ -97,7 +97,7 @@ def test_a_class_that_loses_too_much_f1_blocks_promotion_and_is_named():
     new = score(0.75, per_class={"깍두기": 0.70, "백김치": 0.90, "갓김치": 0.65})
     decision = decide(new, old, class_drop=0.10)
     assert not decision.promote and [(f.check, f.label) for f in decision.failed] == [(Check.CLASS_F1, "깍두기")]
-    assert "깍두기 F1 fell from 0.900 to 0.700" in decision_text(decision, "en")
+    assert "깍두기 (kkakdugi) F1 fell from 0.900 to 0.700" in decision_text(decision, "en")
     assert "깍두기의 F1이" in decision_text(decision, "ko")
     few = score(0.75, per_class={"깍두기": 0.70}, n_per_class=4)  # under 5 holdout images: too noisy to veto
     assert decide(few, score(0.70, per_class={"깍두기": 0.90}), class_drop=0.10).promote
@@ -115,3 +115,29 @@ def test_near_duplicates_share_a_side_and_a_huge_group_is_not_one_photo():
     split_up = group_sides([[holdout_like, train_like]], {holdout_like: "holdout", train_like: "train"}, 10, KEY)
     assert set(split_up.values()) == {"holdout"}  # members on both sides: the holdout, the cautious side
     assert group_sides([shas], {}, 10, KEY) == {}  # 40 "copies" of one photo: the embedding, not a duplicate
+
+
+def test_negatives_are_a_class_of_the_retrain_from_the_base_set_and_from_users(tmp_path):
+    """Base negatives imported under another folder name (an older `import --allow-new-classes` of 기타) and
+    users' accepted not_kimchi labels (any of its names) go into the retrain folder's not_kimchi, a class
+    like the others: split, held out and left out under the minimum the same way."""
+    base = base_set(tmp_path / "base", per_class=6)
+    (base / "기타").mkdir()
+    for i in range(4):
+        draw_other(OTHER_KINDS[i], (64, 48), seed=i).save(base / "기타" / f"o{i}.jpg")
+    photos = []
+    for i in range(3):
+        photos.append(tmp_path / f"user{i}.jpg")
+        photos[-1].write_bytes(encode(draw_other("checker", (64, 48), seed=10 + i), "JPEG"))
+    rows = [CorrectionRow(f"{i:064x}", label, path) for i, (label, path) in
+            enumerate(zip(["not_kimchi", "김치아님", "not_kimchi"], photos))]
+    collected = collect_items(base, rows)
+    labels = sorted({item.label for item in collected.items.values()})
+    assert labels == ["not_kimchi", "깍두기", "배추김치"] and collected.corrections == 3
+    tset = build_training_set(tmp_path / "run", collected, {}, 0, KEY)
+    assert tset.train_counts["not_kimchi"] == 7 and sorted(p.name for p in tset.train_dir.iterdir()) == labels
+    held = build_training_set(tmp_path / "run2", collected, {sha: "holdout" for sha in collected.items}, 0, KEY)
+    listed = [json.loads(line) for line in held.holdout_file.read_text().splitlines()]
+    assert {r["label"] for r in listed} == set(labels) and held.held_back == 3  # users' labels: an admin first
+    few = build_training_set(tmp_path / "run3", collect_items(base, []), {}, 0, KEY, min_per_class=5)
+    assert few.left_out == {"not_kimchi": 4} and "not_kimchi" not in few.train_counts
