@@ -20,7 +20,7 @@ token), then:
    from sending the request to the JSON parsed. Median and p90. Target: <= 300 ms server time.
 2. thumbnails of that first page, one after another: the first view (each thumbnail made then, from the stored
    photo; seed_pending's photos are 160x120, so making one costs less here than from a full-size photo), the
-   second (served from the disk cache: counted as cached when its file under cache/desk-thumbs/ existed before
+   second (served from the disk cache: counted as cached when its file under data/corrections/.thumbs/ existed before
    the request, was not written again and is the bytes served), and a third with If-None-Match (304, no body).
    Median ms per thumbnail, client-side. Target: served from the cache after their first view.
 3. a bulk decision: `POST /desk/api/decide` with 50 ids still pending and `accept`, `--rounds` times on fresh
@@ -162,7 +162,7 @@ def grid_first_page(client: httpx.Client, limit: int, requests: int, labels: int
 # ---- 2. thumbnails -----------------------------------------------------------------------------------------------
 
 def thumbnails(client: httpx.Client, home: Home, items: list[dict]) -> dict:
-    folder = home.cache / "desk-thumbs"
+    folder = home.corrections / ".thumbs"
     photos = list(dict.fromkeys(item["photo"] for item in items))
     before = sum((folder / f"{sha}.jpg").is_file() for sha in photos)
 

@@ -350,7 +350,7 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
     auth = DeskAuth(settings.token.get_secret_value(), settings.admin_ids, settings.desk_session_hours * 3600)
     app.bot_data["desk"] = auth
     secure = settings.desk_mini_app
-    thumbs = settings.home.cache / "desk-thumbs"
+    making: dict[str, asyncio.Lock] = {}  # one thumbnail made at a time per photo
 
     def svc():
         return app.bot_data["services"]
@@ -451,6 +451,10 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
             raise Refused(400, "desk_bad_request", "decide needs 1 to 500 label ids")
         if action not in ("accept", "reject", "relabel", "block"):
             raise Refused(400, "desk_bad_request", f"unknown action {str(action)[:20]!r}")
+        seen = body.get("seen")  # the labels the admin saw: a row a user has relabelled since is left alone
+        if seen is not None and (not isinstance(seen, list) or len(seen) != len(ids)
+                                 or not all(isinstance(x, str) and len(x) <= 64 for x in seen)):
+            raise Refused(400, "desk_bad_request", "seen must give one label per id")
         ledger = svc().ledger
         blocked_users = rejected_by_block = 0
         if action == "block":
@@ -466,7 +470,8 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
                     raise Refused(400, "desk_bad_request", "relabel needs a label")
                 label = found.name
             status = Status.REJECTED if action == "reject" else Status.ACCEPTED
-            decided = await ledger.decide_many(ids, status, session.admin_id, label=label)
+            decided = await ledger.decide_many(ids, status, session.admin_id, label=label,
+                                               seen=dict(zip(ids, seen)) if seen is not None else None)
             skipped = len(set(ids)) - decided
         left = (await ledger.counts())[Status.PENDING.value]
         log.info("desk: admin %d %s %d labels (%d skipped)", session.admin_id, action, decided, skipped)
@@ -484,9 +489,16 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
         if request.query_params.get("size") == "full":
             target = source
         else:
-            target = thumbs / f"{sha}.jpg"
+            target = svc().store.photos.thumbnail(sha)
             if not target.is_file():
-                await asyncio.to_thread(thumbnail, source, target)
+                lock = making.setdefault(sha, asyncio.Lock())
+                try:
+                    async with lock:
+                        if not target.is_file():
+                            await asyncio.to_thread(thumbnail, source, target)
+                finally:
+                    if not lock.locked():
+                        making.pop(sha, None)
         etag = f'"{sha[:32]}-{"f" if target == source else "t"}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})

@@ -133,7 +133,9 @@ async def classify_and_reply(update: Update, context: ContextTypes.DEFAULT_TYPE,
             chat_id=message.chat_id, user_id=who, message_id=message.message_id,
             file_id=file_id, file_unique_id=file_unique_id, sha256=hashlib.sha256(data).hexdigest(),
             reply_message_id=reply.message_id, label=prediction.answer if prediction else None,
-            confidence=prediction.confidence if prediction else None, top=prediction.top if prediction else (),
+            # the answer's probability: None when the open-set score alone said not kimchi
+            confidence=dict(prediction.top).get(prediction.answer) if prediction else None,
+            top=prediction.top if prediction else (),
             model_version=prediction.version if prediction else None, user_name=sender_name(update)))
 
 

@@ -100,26 +100,31 @@ class Ledger:
         return await self.decide_many([correction_id], status, admin_id, label) == 1
 
     async def decide_many(self, correction_ids: list[int], status: Status, admin_id: int | None,
-                          label: str | None = None) -> int:
+                          label: str | None = None, seen: dict[int, str] | None = None) -> int:
         """An admin's one decision on the labels of `correction_ids` that are still pending, in one transaction
         (the desk's bulk action; `/review`'s one): it clears an audit flag, a rejection takes given trust from
         the label's author, and a relabel to another label earns its author nothing (Basis.RELABELLED). Returns
-        how many it decided; the others were decided meanwhile."""
+        how many it decided; the others were decided meanwhile. `seen` (id -> label), when given: the labels the
+        admin saw, so that a label its author changed since is not decided unseen (it is left pending)."""
         ids = sorted(set(correction_ids))
         if not ids:
             return 0
         marks = ",".join("?" * len(ids))
         at = stamp()
+        update = ("UPDATE corrections SET status=?, basis=CASE WHEN ? IS NULL OR ? = corrected_label THEN ? ELSE ? END,"
+                  " decided_by=?, decided_at=?, audit_flag=NULL, corrected_label=COALESCE(?, corrected_label)"
+                  " WHERE status=?")
+        values = (status, label, label, Basis.ADMIN, Basis.RELABELLED, admin_id, at, label, Status.PENDING)
         async with self.db.write() as tx:
-            done = await tx.execute(
-                "UPDATE corrections SET status=?, basis=CASE WHEN ? IS NULL OR ? = corrected_label THEN ? ELSE ? END,"
-                " decided_by=?, decided_at=?, audit_flag=NULL, corrected_label=COALESCE(?, corrected_label)"
-                f" WHERE status=? AND id IN ({marks})",
-                (status, label, label, Basis.ADMIN, Basis.RELABELLED, admin_id, at, label, Status.PENDING, *ids))
-            if status == Status.REJECTED and done.rowcount:
+            if seen is None:
+                done = (await tx.execute(f"{update} AND id IN ({marks})", (*values, *ids))).rowcount
+            else:
+                done = await tx.executemany(f"{update} AND id=? AND corrected_label=?",
+                                            [(*values, i, seen.get(i, "")) for i in ids])
+            if status == Status.REJECTED and done:
                 await tx.execute(f"UPDATE users SET trusted=0, updated_at=? WHERE user_id IN (SELECT user_id FROM"
                                  f" corrections WHERE decided_at=? AND id IN ({marks}))", (at, at, *ids))
-        return done.rowcount
+        return done
 
     async def authors_of(self, correction_ids: list[int]) -> set[int]:
         """The users who gave these labels."""

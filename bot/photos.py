@@ -33,11 +33,17 @@ STORED_QUALITY = 90  # JPEG quality of a stored photo (~60-120 KB at 613x460)
 DECODE_BUDGET_BYTES = 512 * 1024 * 1024
 
 
+THUMBS = ".thumbs"
+
+
 class Photos:
     """KIMCHI_HOME/data/corrections: staging, installing under a label, removing, and what no row names."""
 
     def __init__(self, root: Path, limits: ImageLimits = ImageLimits()) -> None:
         self.root, self.limits = root, limits
+        # the review desk's thumbnails (bot/desk.py), one per photo by sha256; hidden, so backups leave them out,
+        # and removed with their photo
+        self.thumbs = root / THUMBS
         self._decoding = MemoryBudget(DECODE_BUDGET_BYTES)
         root.mkdir(parents=True, exist_ok=True)
 
@@ -83,11 +89,16 @@ class Photos:
             tx.after_commit(lambda: asyncio.to_thread(lambda: [self.remove(p) for p in gone]))
         return gone
 
-    @staticmethod
-    def remove(path: Path) -> None:
+    def remove(self, path: Path) -> None:
+        """A stored photo, and its thumbnail with it."""
         path.unlink(missing_ok=True)
+        self.thumbnail(path.stem).unlink(missing_ok=True)
         if path.parent.exists():
             fsync_dir(path.parent)
+
+    def thumbnail(self, sha256: str) -> Path:
+        """Where the review desk keeps the photo's thumbnail."""
+        return self.thumbs / f"{sha256}.jpg"
 
     def remove_orphans(self, named: set[Path]) -> int:
         """After a crash: remove the photos that no row names (`named`, resolved), what was staged, and what
@@ -96,6 +107,8 @@ class Photos:
                    and ((f.suffix == ".jpg" and f.resolve() not in named)
                         or (f.name.startswith(".") and f.suffix == ".tmp"))]  # models.atomic's temp files
         orphans += [f for f in self.incoming.glob("*")] if self.incoming.is_dir() else []
+        stems = {p.stem for p in named}  # a thumbnail whose photo went (a base image's is made again when seen)
+        orphans += [f for f in self.thumbs.glob("*") if f.stem not in stems] if self.thumbs.is_dir() else []
         for orphan in orphans:
             orphan.unlink(missing_ok=True)
         return len(orphans)

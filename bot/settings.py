@@ -106,8 +106,10 @@ def _webhook_url(raw: str) -> str:
 def _desk_url(raw: str) -> str:
     url = raw.strip()
     parts = urlsplit(url)
-    if url and (parts.scheme not in ("http", "https") or not parts.hostname or not parts.path.endswith("/desk/")):
-        raise ValueError(f"must be the desk's full URL ending in /desk/, such as https://bot.example.com/desk/, "
+    # the path is the desk's own (its routes, login links and cookie live under /desk/): a proxy in front may
+    # not move it
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path != "/desk/"):
+        raise ValueError(f"must be the desk's full URL with the path /desk/, such as https://bot.example.com/desk/, "
                          f"not '{url}'.")
     return url
 

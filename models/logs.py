@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import logging.handlers
 import os
 import sys
@@ -57,6 +58,10 @@ def spellings(secret: str) -> list[str]:
     return sorted(forms, key=len, reverse=True)
 
 
+# The review desk's one-time login links (bot/desk.py): PTB's DEBUG lines carry the message that sends one.
+LOGIN_LINK = re.compile(r"(/desk/login/)[A-Za-z0-9_-]+")
+
+
 class Redacting(logging.Formatter):
     """Wraps a formatter so that secrets never reach the output, tracebacks included (httpx errors and
     PTB's carry request URLs, which hold the bot token; PTB's DEBUG lines carry setWebhook's parameters,
@@ -71,7 +76,7 @@ class Redacting(logging.Formatter):
         text = self.inner.format(record)
         for secret in self.secrets:
             text = text.replace(secret, "<redacted>")
-        return text
+        return LOGIN_LINK.sub(r"\1<redacted>", text) if "/login/" in text else text
 
 
 class RateLimited(logging.Filter):

@@ -56,9 +56,11 @@ class TorchNet:
             self.net = body
 
             def finish(features: torch.Tensor):
+                if output is Output.POOLED:  # pooled in float32, as the embeddings always were
+                    return head[1](head[0](features.float())).cpu()
+                # the head as the whole model runs it (under bf16 autocast too), so the probabilities are
+                # PROBABILITIES' own
                 pooled = head[1](head[0](features))
-                if output is Output.POOLED:
-                    return pooled.float().cpu()
                 return torch.softmax(head[2:](pooled).float(), dim=1).cpu(), pooled.float().cpu()
 
             self.finish = finish

@@ -2,12 +2,13 @@
 the 403s with their log lines), the grid's filters and order, bulk decisions through the ledger, photos by
 opaque id with cached thumbnails, and `/desk` in the chat. The page in a real browser: tests/test_desk_browser.py."""
 import json
+import sqlite3
 
 import httpx
 import pytest
 
 from models.labels import NOT_KIMCHI
-from tests.botkit import ADMIN, TOKEN, buttons, rows, running_bot
+from tests.botkit import ADMIN, TOKEN, buttons, rows, running_bot, until
 from tests.deskkit import LABELLERS, desk_bot, init_data, login_link, seed_pending
 from tests.telegram_fake import user
 
@@ -79,6 +80,15 @@ async def test_filter_sort_and_decide_in_bulk_as_review_does(home, fake):
         assert {tuple(r) for r in decided} == {("accepted", "admin", ADMIN)}
         again = (await client.post(f"{url}api/decide", json={"ids": ids[:3], "action": "reject"})).json()
         assert again["decided"] == 0 and again["skipped"] == 3  # decided already: nothing changes
+        # a label its author changed after the grid showed it is not decided unseen: it stays pending
+        shown = (await client.get(f"{url}api/pending", params={"label": "열무김치"})).json()["items"][:2]
+        with sqlite3.connect(home.database) as con:  # the author relabels the first one meanwhile
+            con.execute("UPDATE corrections SET corrected_label='깍두기' WHERE id=?", (shown[0]["id"],))
+        late = (await client.post(f"{url}api/decide", json={"ids": [i["id"] for i in shown],
+                                                           "seen": [i["label"] for i in shown],
+                                                           "action": "accept"})).json()
+        assert (late["decided"], late["skipped"]) == (1, 1)
+        assert rows(home, "SELECT status FROM corrections WHERE id=?", (shown[0]["id"],))[0][0] == "pending"
 
         other = (await client.get(f"{url}api/pending", params={"label": "배추김치"})).json()["items"][0]
         moved = await client.post(f"{url}api/decide", json={"ids": [other["id"]], "action": "relabel",
@@ -120,7 +130,7 @@ async def test_photos_by_opaque_id_and_thumbnails_made_once(home, fake):
         item = (await client.get(f"{url}api/pending")).json()["items"][0]
         first = await client.get(f"{url}api/photo/{item['photo']}")
         assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
-        cached = home.cache / "desk-thumbs" / f"{item['photo']}.jpg"
+        cached = home.corrections / ".thumbs" / f"{item['photo']}.jpg"
         made = cached.stat().st_mtime_ns
         second = await client.get(f"{url}api/photo/{item['photo']}", headers={"If-None-Match": first.headers["etag"]})
         assert second.status_code == 304 and cached.stat().st_mtime_ns == made
@@ -128,6 +138,10 @@ async def test_photos_by_opaque_id_and_thumbnails_made_once(home, fake):
         assert len(full.content) > len(first.content) * 0 and full.status_code == 200
         for wrong in ("0" * 64, "..%2F..%2Fkimchi.sqlite3", "a" * 63):
             assert (await client.get(f"{url}api/photo/{wrong}")).status_code == 404
+        # the thumbnail goes with its photo: /forget's erase (and the retention purge) leave no copy behind
+        await app.bot_data["services"].personal.forget(item["user"]["id"])
+        await until(lambda: not cached.exists(), "the thumbnail's removal")
+        assert (await client.get(f"{url}api/photo/{item['photo']}")).status_code == 404
 
 
 async def said(fake, who: dict, text: str, chat_id: int | None = None) -> str:
@@ -162,12 +176,13 @@ async def test_the_desk_is_off_unless_configured(home, fake):
     assert TOKEN not in text
 
 
-@pytest.mark.parametrize("url", ["https://bot.example.com/desk", "ftp://x/desk/", "https:///desk/"])
+@pytest.mark.parametrize("url", ["https://bot.example.com/desk", "ftp://x/desk/", "https:///desk/",
+                                 "https://bot.example.com/kimchi/desk/"])
 def test_a_bad_desk_url_is_one_sentence(url, home):
     from bot.settings import Settings
     from models.errors import KimchiError
 
-    with pytest.raises(KimchiError, match="KIMCHI_DESK_URL must be the desk's full URL ending in /desk/"):
+    with pytest.raises(KimchiError, match="KIMCHI_DESK_URL must be the desk's full URL with the path /desk/"):
         Settings.load({"TELEGRAM_BOT_TOKEN": TOKEN, "KIMCHI_DESK_URL": url}, env_file=None)
 
 
@@ -199,3 +214,16 @@ async def test_over_https_admins_get_the_mini_app_in_their_menu_and_under_desk(h
             link = call.params["text"].split("https://bot.example.com")[1].split()[0]
             answer = await client.get(f"http://127.0.0.1:{port}{link}", follow_redirects=False)
             assert answer.status_code == 303 and "secure" in answer.headers["set-cookie"].lower()
+
+
+def test_a_login_link_never_reaches_a_log_line():
+    """PTB logs the text of every message it sends at DEBUG; /desk's message holds a live login link."""
+    import logging
+
+    from models.logs import Redacting
+
+    formatter = Redacting(logging.Formatter("%(message)s"), [TOKEN])
+    record = logging.LogRecord("telegram.Bot", logging.DEBUG, __file__, 1, "Calling sendMessage with %s",
+                               ({"text": "link:\nhttps://bot.example.com/desk/login/Zx_9-aB3cD4eF5gH6iJ7kL8mN9"},), None)
+    line = formatter.format(record)
+    assert "/desk/login/<redacted>" in line and "Zx_9" not in line

@@ -43,8 +43,9 @@ class Measured:
 def runner_for(folder: Path, device: str = "cpu", batch_size: int = 32) -> Runner:
     """An Output.BOTH runner on the version in `folder` (a registry version or a staging folder)."""
     folder = Path(folder)
+    # float32 on every device: the bot on a CPU serves float32, and the threshold must be met on its numbers
     config = EngineConfig(device=device, max_batch=batch_size, cpu_runtime=cpu_runtime_from_env(), batch_lanes=1,
-                          openset=False)
+                          openset=False, half="off")
     return Runner(Registry(folder.parent), folder.name, config, Output.BOTH)
 
 

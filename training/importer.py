@@ -27,7 +27,7 @@ from models.atomic import atomic_write, fsync_dir
 from models.datafiles import IMAGE_SUFFIXES, MANIFEST, file_sha256, jpeg_bytes, presized, read_manifest
 from models.device import usable_cpus
 from models.errors import ImageRejected, KimchiError, NotAClass, UnknownLabel
-from models.labels import NOT_KIMCHI, folder_label, is_known, match, nfc
+from models.labels import CLASSES, NOT_KIMCHI, folder_label, is_known, match, nfc
 from models.preprocess import ImageLimits, decode_rgb
 from models.clock import stamp
 
@@ -216,8 +216,13 @@ def _names_kimchi(folder: ClassFolder, src: Path) -> str | None:
         found = match(folder.name)
     except NotAClass as err:
         return err.name
-    except UnknownLabel:
-        return None
+    except UnknownLabel as err:
+        # a near miss of a class's name (깍뚜기) is a misspelt kimchi, and a name holding the class's name with
+        # something added (배추김치_2) is that class's: kimchi either way, never negatives
+        if err.suggestion:
+            return err.suggestion
+        key = nfc(folder.name).casefold()
+        return next((c.name for c in CLASSES if c.name in key), None)
     return None if found.name == NOT_KIMCHI else found.name
 
 

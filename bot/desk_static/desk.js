@@ -346,7 +346,7 @@
     const img = $('viewer-img');
     img.removeAttribute('src');
     img.alt = labelShown(item.label);
-    $('viewer-caption').textContent = labelShown(item.label) + ' · ' + item.user.name;
+    $('viewer-caption').textContent = labelShown(item.label) + (item.user ? ' · ' + (item.user.name || item.user.id) : '');
     openModal('viewer', () => false);
     showPhoto(img, () => photoURL(item.photo, 'full'));
     $('viewer-close').focus();
@@ -461,7 +461,7 @@
       h('div', { class: 'votes', title: t('votes_title', { for: item.votes_for || 0, against: item.votes_against || 0 }) },
         h('span', { class: 'for', text: '👍 ' + (item.votes_for || 0) }), h('span', { class: 'against', text: '👎 ' + (item.votes_against || 0) })),
       h('div', { class: 'who' },
-        h('button', { type: 'button', class: 'user-name', title: t('filter_this_user'), 'data-user': String(u.id), text: u.name || String(u.id) }),
+        item.user ? h('button', { type: 'button', class: 'user-name', title: t('filter_this_user'), 'data-user': String(u.id), text: u.name || String(u.id) }) : null,
         record,
         u.trusted ? h('span', { class: 'tag trusted', text: t('trusted') }) : null,
         u.blocked ? h('span', { class: 'tag blocked', text: t('blocked') }) : null),
@@ -570,11 +570,12 @@
       if (!await ask(t('confirm_block', { users: users.size, names, n: items.length }), t('act_block'))) return;
     }
     const ids = items.map((i) => i.id);
+    const seen = items.map((i) => i.label); // the labels as shown: one changed meanwhile is left as it is
     S.busy = true;
     document.body.classList.add('busy');
     let r;
     try {
-      r = await api('api/decide', { method: 'POST', body: action === 'relabel' ? { ids, action, label } : { ids, action } });
+      r = await api('api/decide', { method: 'POST', body: action === 'relabel' ? { ids, seen, action, label } : { ids, seen, action } });
     } catch (e) {
       showError(e);
       return;
