@@ -130,8 +130,11 @@ def open_onnx(folder: Path, meta: ModelMeta, output: Output, threads: int, *, re
     try:
         options = [ort_options(threads, alone=True), ort_options(1)] if narrow and threads > 1 else [ort_options(threads)]
         net = _sessions(folder, meta, output, options)
-        if output is not Output.PROBABILITIES:
+        if output is Output.POOLED:
             _check_pooled(net, folder, meta.preprocessing.size, channels_last)
+        elif output is Output.BOTH:  # the logits are the checked model's own; the pool is checked by shape, so
+            _check_pool_shape(net, meta)  # serving (`kimchi-train predict` too) never loads torch's model
+
         return net
     except Exception as err:
         if required:
@@ -214,6 +217,17 @@ def _with_pool(source: str | bytes, keep_logits: bool) -> tuple[bytes, str]:
         del graph.graph.output[:]
     graph.graph.output.append(onnx.helper.make_tensor_value_info(flat.output[0], onnx.TensorProto.FLOAT, None))
     return graph.SerializeToString(), flat.output[0]
+
+
+def _check_pool_shape(net: OnnxNet, meta: ModelMeta) -> None:
+    """Raise unless the graph's second output is the head's concat pool: 2 x the body's channels, finite."""
+    from models.archs import get_spec
+
+    size = meta.preprocessing.size
+    _, pooled = net(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    expected = 2 * get_spec(meta.arch).n_features
+    if tuple(pooled.shape) != (1, expected) or not bool(torch.isfinite(pooled).all()):
+        raise ArtifactError(f"its pooled output has the shape {tuple(pooled.shape)}, not (1, {expected})")
 
 
 def _check_pooled(net: OnnxNet, folder: Path, size: int, channels_last: bool) -> None:

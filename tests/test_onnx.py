@@ -333,15 +333,19 @@ def test_batches_run_side_by_side_narrow_under_load_and_wide_alone(trained, monk
         lanes.submit(int)
 
 
-def test_kimchi_train_predict_on_onnx_imports_neither_torchvision_nor_fastai(trained, tmp_path):
+@pytest.mark.parametrize("version", ["trained", "calibrated"])
+def test_kimchi_train_predict_on_onnx_imports_neither_torchvision_nor_fastai(version, request, tmp_path):
     """Its start-up is part of what a user waits for: the parser needs no torch at all, and the engine
-    on model.onnx needs neither torchvision (which imports torch._dynamo) nor fastai. (On torch it would
-    import torchvision, for fold_batchnorm, so this also shows that it served from ONNX Runtime.)"""
+    on model.onnx needs neither torchvision (which imports torch._dynamo) nor fastai, with the open-set check
+    or without. (On torch it would import torchvision, for fold_batchnorm, so this also shows that it served
+    from ONNX Runtime.)"""
     import subprocess
 
+    home = request.getfixturevalue(version).home
     (tmp_path / "a.jpg").write_bytes(varied_images(1)[0])
     probe = ("import sys\nfrom training import cli\ncli.build_parser()\nparser_torch = 'torch' in sys.modules\n"
-             f"code = cli.main(['--home', {str(trained.home.root)!r}, 'predict', {str(tmp_path)!r}])\n"
+             f"code = cli.main(['--home', {str(home.root)!r}, 'predict', {str(tmp_path)!r}, '--json'])\n"
              "print('PROBE', code, parser_torch, 'torchvision' in sys.modules, 'fastai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout
     assert "PROBE 0 False False False" in out, out
+    assert ('"openset": {"score"' in out) == (version == "calibrated"), out
