@@ -538,13 +538,15 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
 
     @api(write=True)
     async def retrain(request: Request, session: Session, body) -> Response:
+        from bot.admin import refusal_text
         from bot.supervisor import RetrainRefused
 
         supervisor = svc().retrain
         try:
             run = await supervisor.prepare(session.admin_id, session.admin_id, session.lang)
-        except RetrainRefused as refusal_:
-            raise Refused(409, "desk_retrain_refused", f"retrain refused: {refusal_.code.value}") from None
+        except RetrainRefused as refused:  # the sentence /retrain gives, with its numbers
+            log.info("desk: retrain refused: %s", refused.code.value)
+            return answer({"error": refusal_text(refused, supervisor.run, session.lang)}, 409)
         supervisor.start(run)
         log.info("desk: admin %d started retrain %d", session.admin_id, run.id)
         return answer({"id": run.id})

@@ -331,9 +331,6 @@ TEXTS: dict[str, dict[str, str]] = {
                           EN: "This request could not be verified; reload the page."},
     "desk_bad_request": {KO: "요청을 이해하지 못했어요.", EN: "That request makes no sense to the desk."},
     "desk_not_found": {KO: "찾을 수 없어요.", EN: "Not found."},
-    "desk_retrain_refused": {KO: "지금은 재학습을 시작할 수 없어요 (이미 진행 중이거나 데이터가 부족해요). 채팅의 /retrain 이 이유를 알려 줘요.",
-                             EN: "A retrain cannot start now (one is running, or there is too little data); "
-                                 "/retrain in the chat says why."},
     "review_accept": {KO: "✅ 승인", EN: "✅ Accept"},
     "review_relabel": {KO: "✏️ 라벨 변경", EN: "✏️ Relabel"},
     "review_reject": {KO: "❌ 거절", EN: "❌ Reject"},

@@ -227,3 +227,42 @@ def test_a_login_link_never_reaches_a_log_line():
                                ({"text": "link:\nhttps://bot.example.com/desk/login/Zx_9-aB3cD4eF5gH6iJ7kL8mN9"},), None)
     line = formatter.format(record)
     assert "/desk/login/<redacted>" in line and "Zx_9" not in line
+
+
+async def test_models_and_users_tabs_act_through_the_same_serving_and_ledger(trained_copy, fake):
+    """Promote and rollback through the lock /promote uses; a retrain the supervisor refuses says so (409);
+    trust and block as /trust and /block do; every write needs the CSRF token."""
+    from tests.modelkit import publish_relabelled
+
+    home = trained_copy.home
+    other = publish_relabelled(trained_copy.registry, trained_copy.version)
+    await seed_pending(home, 4)
+    async with desk_bot(home, fake) as (app, url), httpx.AsyncClient() as client:
+        body = await session(client, url)
+        models = (await client.get(f"{url}api/models")).json()
+        assert models["current"] == trained_copy.version and models["retrain"]["running"] is False
+        assert [v["name"] for v in models["versions"]] == [other, trained_copy.version]
+        assert (await client.post(f"{url}api/promote", json={"version": other})).status_code == 403  # no CSRF
+        client.headers["X-CSRF-Token"] = body["csrf"]
+        promoted = (await client.post(f"{url}api/promote", json={"version": other})).json()
+        assert promoted == {"current": other, "previous": trained_copy.version}
+        assert app.bot_data["services"].classifier.version == other  # served now, not only pointed at
+        back = (await client.post(f"{url}api/rollback", json={})).json()
+        assert back["current"] == trained_copy.version
+        missing = await client.post(f"{url}api/promote", json={"version": "v99"})
+        assert missing.status_code == 409 and "v99" in missing.json()["error"]
+        picture = await client.get(f"{url}api/models/{trained_copy.version}/pictures/..%2Fmodel.onnx")
+        assert picture.status_code == 404
+
+        refused = await client.post(f"{url}api/retrain", json={})  # seeded labels are pending: nothing to train
+        assert refused.status_code == 409 and "클래스가 0개" in refused.json()["error"]  # /retrain's own sentence
+
+        people = (await client.get(f"{url}api/users")).json()["users"]
+        assert {p["id"] for p in people} == {uid for uid, _ in LABELLERS} and all(p["pending"] == 1 for p in people)
+        target = people[0]["id"]
+        assert (await client.post(f"{url}api/users/{target}", json={"action": "trust"})).json()["ok"]
+        assert rows(home, "SELECT trusted FROM users WHERE user_id=?", (target,))[0][0] == 1
+        blocked = (await client.post(f"{url}api/users/{target}", json={"action": "block"})).json()
+        assert blocked["rejected"] == 1
+        assert tuple(rows(home, "SELECT trusted, blocked FROM users WHERE user_id=?", (target,))[0]) == (0, 1)
+        assert (await client.post(f"{url}api/users/{target}", json={"action": "adopt"})).status_code == 400
