@@ -61,7 +61,7 @@ import httpx  # noqa: E402
 
 from models.home import Home  # noqa: E402
 from tests.botkit import ADMIN, TOKEN, free_port  # noqa: E402
-from tests.deskkit import Loop, init_data, seed_pending  # noqa: E402
+from tests.deskkit import Loop, init_data, page_wait, seed_pending  # noqa: E402
 from tests.telegram_fake import FakeTelegram, user  # noqa: E402
 
 DESK_JS = ROOT / "bot" / "desk_static" / "desk.js"
@@ -234,7 +234,6 @@ def browser_actions(url: str, home: Home, target: int, limit: int) -> dict:
         return {"skipped": f"no {CHROMIUM} or {CHROMEDRIVER} (apt-get install chromium chromium-driver)"}
     try:
         from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.chrome.service import Service
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.by import By
@@ -253,17 +252,7 @@ def browser_actions(url: str, home: Home, target: int, limit: int) -> dict:
     driver.set_window_size(1280, 900)
 
     def wait(probe: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                value = probe()
-            except WebDriverException:
-                value = None
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} did not happen within {timeout:g} s")
-            time.sleep(0.02)
+        return page_wait(probe, what, timeout, every=0.02)
 
     def cards() -> list[int]:
         return [int(c.get_attribute("data-id")) for c in driver.find_elements(By.CSS_SELECTOR, "#grid .card")]

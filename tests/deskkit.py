@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from bot.desk import DeskAuth, desk_link, sign_init_data
 from bot.store import Correction, PredictionRecord, Store
@@ -93,3 +93,21 @@ class Loop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def page_wait(probe: Callable[[], Any], what: str, timeout: float = 10, every: float = 0.05) -> Any:
+    """`probe()`'s first true value while the page changes under it (a WebDriverException counts as not yet);
+    an AssertionError naming `what` after `timeout` s."""
+    from selenium.common.exceptions import WebDriverException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = probe()
+        except WebDriverException:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(every)

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -27,7 +26,7 @@ from bot.texts import TEXTS
 from models.home import Home
 from models.labels import NOT_KIMCHI
 from tests.botkit import ADMIN, ROOT, TOKEN, rows
-from tests.deskkit import LABELLERS, Loop, desk_bot, init_data, login_link, seed_pending
+from tests.deskkit import LABELLERS, Loop, desk_bot, init_data, login_link, page_wait, seed_pending
 from tests.telegram_fake import FakeTelegram, user
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -139,18 +138,7 @@ def browser():
 
 # ---- what the tests do in the page ----------------------------------------------------------------------------
 
-def wait(probe: Callable[[], Any], what: str, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = probe()
-        except WebDriverException:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(0.05)
+wait = page_wait
 
 
 def open_desk(driver, desk: Desk, data: str | None = None, size: tuple[int, int] = DESKTOP,
