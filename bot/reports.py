@@ -14,7 +14,7 @@ from models.trainset import left_out_detail
 FINDING_KEYS = {Check.NO_BASELINE: "finding_no_baseline", Check.EMPTY_HOLDOUT: "finding_empty_holdout",
                 Check.MACRO_F1: "finding_macro_f1", Check.CORRECTIONS: "finding_corrections",
                 Check.CLASS_F1: "finding_class_f1", Check.PAIRED: "finding_paired",
-                Check.SMALL_HOLDOUT: "finding_small_holdout"}
+                Check.SMALL_HOLDOUT: "finding_small_holdout", Check.KIMCHI_KEPT: "finding_kimchi_kept"}
 FAILURE_KEYS = {"trainer_error": "failure_trainer_error", "signal": "failure_signal",
                 "exit_status": "failure_exit_status", "no_result": "failure_no_result", "timeout": "failure_timeout",
                 "load_failed": "failure_load_failed", "internal": "failure_internal",
@@ -29,7 +29,7 @@ REFUSAL_KEYS = {"too_few_classes": "retrain_too_few_classes", "too_few_images": 
 def finding_text(f: Finding, lang: str) -> str:
     if f.check is Check.PAIRED:  # image counts and a p-value, not scores
         fmt = lambda x: "-" if x is None else f"{x:.0f}"  # noqa: E731
-    elif f.check is Check.CORRECTIONS:
+    elif f.check in (Check.CORRECTIONS, Check.KIMCHI_KEPT):
         fmt = lambda x: percent(x, 1)  # noqa: E731
     else:
         fmt = number

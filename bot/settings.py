@@ -246,7 +246,8 @@ class Settings(BaseSettings):
     promote_class_drop: float = Field(
         "0.10", alias="KIMCHI_PROMOTE_CLASS_DROP", ge=0, le=1,
         description="no promotion when any class with at least 5 holdout images loses more F1 than this, even if "
-                    "macro-F1 rose")
+                    "macro-F1 rose, or when the share of holdout kimchi answered as kimchi (not \"not kimchi\") "
+                    "falls by more than this")
     retrain_audit: Flag = Field(
         "1", alias="KIMCHI_RETRAIN_AUDIT",
         description="`1`: `/retrain` first audits the labels with the serving model (`kimchi-train audit`); a "

@@ -255,6 +255,10 @@ TEXTS: dict[str, dict[str, str]] = {
                          EN: "macro-F1 {candidate} vs {current} (tolerance {limit})"},
     "finding_corrections": {KO: "holdout의 수정 사진 {n}장 정확도 {candidate} vs {current}",
                             EN: "accuracy on {n} held-out corrected photos {candidate} vs {current}"},
+    "finding_kimchi_kept": {KO: "holdout의 김치 {n}장 중 김치로 답한 비율이 {current}에서 {candidate}(으)로 {limit}보다 많이 "
+                                "떨어졌어요 (새 모델이 김치를 '김치 아님'으로 돌려보내요)",
+                            EN: "kimchi answered as kimchi fell from {current} to {candidate} of {n} holdout kimchi, "
+                                "more than {limit} (the new model turns kimchi away as 'not kimchi')"},
     "finding_class_f1": {KO: "{label}의 F1이 {current}에서 {candidate}(으)로 {limit}보다 많이 떨어졌어요 (holdout {n}장)",
                          EN: "{label} F1 fell from {current} to {candidate}, more than {limit} (holdout {n} images)"},
     "finding_paired": {KO: "같은 holdout 사진 {n}장에서 새 모델만 맞힌 사진 {candidate}장, 현재 모델만 맞힌 사진 {current}장 "

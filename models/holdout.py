@@ -24,6 +24,7 @@ import numpy as np
 
 from models.engine import Classifier, EngineConfig, cpu_runtime_from_env
 from models.errors import KimchiError
+from models.labels import NOT_KIMCHI
 from models.scores import summarize
 from models.protocol import HoldoutScore
 from models.registry import Registry
@@ -61,6 +62,7 @@ def scored(version: str, rows: list[dict[str, Any]], preds: list[str]) -> tuple[
     index = {name: i for i, name in enumerate(vocab)}
     summary = summarize([index[l] for l in labels], [index[p] for p in preds], vocab)
     corrections = [i for i, r in enumerate(rows) if r.get("source") == "correction"]
+    kimchi = [i for i, label in enumerate(labels) if label != NOT_KIMCHI]
     classes = sorted(set(labels))
     result = HoldoutScore(
         version=version, n=summary["n"], accuracy=summary["accuracy"], precision_macro=summary["precision_macro"],
@@ -69,5 +71,7 @@ def scored(version: str, rows: list[dict[str, Any]], preds: list[str]) -> tuple[
         corrections_n=len(corrections),
         corrections_accuracy=float(np.mean([preds[i] == labels[i] for i in corrections])) if corrections else None,
         per_class_n={c: labels.count(c) for c in classes},
-        correct={str(r.get("sha256") or r["path"]): preds[i] == labels[i] for i, r in enumerate(rows)})
+        correct={str(r.get("sha256") or r["path"]): preds[i] == labels[i] for i, r in enumerate(rows)},
+        kimchi_kept=float(np.mean([preds[i] not in (NOT_KIMCHI, FAILED) for i in kimchi])) if kimchi else None,
+        kimchi_n=len(kimchi))
     return result, np.asarray(summary["confusion"]), vocab

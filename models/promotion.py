@@ -29,6 +29,9 @@ class Check(str, Enum):
     PAIRED = "paired"  # small holdout: on the same images, no more lost than gained, not significantly worse
     CORRECTIONS = "corrections"  # accuracy on held-out corrected photos >= current's
     CLASS_F1 = "class_f1"  # no class (with >= MIN_CLASS_N holdout images) loses more than the allowed F1
+    # the share of holdout kimchi the head answers as kimchi (not "not kimchi") drops no more than the allowed
+    # class drop: a candidate that learnt negatives must not turn kimchi away wholesale
+    KIMCHI_KEPT = "kimchi_kept"
     SMALL_HOLDOUT = "small_holdout"  # a note, never a veto: fewer than SMALL_HOLDOUT_N holdout images
 
 
@@ -109,7 +112,9 @@ def decide(candidate: HoldoutScore, current: HoldoutScore | None, tolerance: flo
     right (models.holdout scores the head), so its F1 for the class is 0: the candidate cannot lose on a class
     the serving model never had, and the photos it now turns away count in its favour overall. Each kimchi class
     keeps its own gate; its F1 weighs both what the candidate misses (kimchi called "not kimchi") and what it
-    no longer claims (a cat called 배추김치), as users notice both."""
+    no longer claims (a cat called 배추김치), as users notice both. As that trade can hide kimchi turned away,
+    KIMCHI_KEPT also refuses a candidate whose head answers a share of the holdout's kimchi as "not kimchi"
+    more than `class_drop` above the serving model's."""
     if current is None:
         return Decision(True, (Finding(Check.NO_BASELINE, True),))
     if candidate.n == 0:
@@ -131,6 +136,10 @@ def decide(candidate: HoldoutScore, current: HoldoutScore | None, tolerance: flo
         new, old = candidate.per_class_f1[label], current.per_class_f1[label]
         if old - new > class_drop:
             findings.append(Finding(Check.CLASS_F1, False, new, old, class_drop, n, label))
+    if (candidate.kimchi_kept is not None and current.kimchi_kept is not None
+            and candidate.kimchi_n >= MIN_CLASS_N and current.kimchi_kept - candidate.kimchi_kept > class_drop):
+        findings.append(Finding(Check.KIMCHI_KEPT, False, candidate.kimchi_kept, current.kimchi_kept, class_drop,
+                                candidate.kimchi_n))
     if small:
         findings.append(Finding(Check.SMALL_HOLDOUT, True, limit=SMALL_HOLDOUT_N, n=candidate.n))
     return Decision(all(f.passed for f in findings), tuple(findings))

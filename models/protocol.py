@@ -54,6 +54,10 @@ class HoldoutScore:
     corrections_accuracy: float | None = None
     per_class_n: dict[str, int] = field(default_factory=dict)
     correct: dict[str, bool] = field(default_factory=dict)
+    # of the holdout's kimchi (every label but not_kimchi), the share the version's head answers with a kimchi
+    # class, and how many there were: what the promotion rule's KIMCHI_KEPT check compares
+    kimchi_kept: float | None = None
+    kimchi_n: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HoldoutScore":
@@ -65,7 +69,8 @@ class HoldoutScore:
                        corrections_n=int(data.get("corrections_n") or 0),
                        corrections_accuracy=_optional_float(data.get("corrections_accuracy")),
                        per_class_n={str(k): int(v) for k, v in (data.get("per_class_n") or {}).items()},
-                       correct={str(k): _flag(v) for k, v in (data.get("correct") or {}).items()})
+                       correct={str(k): _flag(v) for k, v in (data.get("correct") or {}).items()},
+                       kimchi_kept=_optional_float(data.get("kimchi_kept")), kimchi_n=int(data.get("kimchi_n") or 0))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ProtocolError(f"a holdout score is incomplete or malformed ({err!r}).") from err
 

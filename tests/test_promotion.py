@@ -139,3 +139,16 @@ def test_when_both_know_not_kimchi_catching_fewer_negatives_is_a_class_loss():
     # calling kimchi "not kimchi" costs that kimchi its F1 as well
     eager = answered("v3", ["깍두기"] * 7 + [NEG] * 8 + TRUTH[15:])
     assert (Check.CLASS_F1, "깍두기") in {(f.check, f.label) for f in decide(eager, old, tolerance=1.0).failed}
+
+
+def test_a_candidate_that_turns_kimchi_away_wholesale_is_refused_even_when_each_class_looks_fine():
+    """The per-class F1 can hide it: kimchi lost to "not kimchi" across classes, a little each, while the
+    candidate now catches every negative. The kimchi-kept check sees the whole share."""
+    old = answered("v1", TRUTH[:30] + ["배추김치"] * 20)  # no not_kimchi class: keeps all 30 kimchi
+    assert old.kimchi_kept == 1.0 and old.kimchi_n == 30
+    eager = answered("v2", ["깍두기"] * 11 + [NEG] * 4 + ["배추김치"] * 11 + [NEG] * 4 + [NEG] * 20)  # keeps 22 of 30
+    decision = decide(eager, old, class_drop=0.2, tolerance=1.0)  # each class within 0.2 of F1: only the new check bites
+    assert not decision.promote and [f.check for f in decision.failed] == [Check.KIMCHI_KEPT]
+    assert "kimchi answered as kimchi fell from 100.0% to 73.3% of 30 holdout kimchi" in decision_text(decision, "en")
+    careful = answered("v3", TRUTH[:29] + [NEG] + [NEG] * 20)  # keeps 29 of 30: within the allowed drop
+    assert decide(careful, old).promote
