@@ -693,7 +693,8 @@ async def models_summary(svc) -> dict:
         stage = f"{run.epoch.epoch}/{run.epoch.total}" if run.epoch is not None else "preparing"
     return {"current": current, "versions": versions,
             "retrain": {"running": run is not None, "id": run.id if run else None, "stage": stage,
-                        "last": {k: last[0].get(k) for k in ("id", "status", "candidate", "decision")} if last else None}}
+                        "last": ({k: last[0].get(k) for k in ("id", "status", "candidate", "decision")}
+                                 if last else None)}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,8 +84,9 @@ class PersonalData:
             ids = [r["id"] for r in doomed]
             await tx.executemany("DELETE FROM corrections WHERE id=?", [(i,) for i in ids])
             predictions = (await tx.execute("DELETE FROM predictions WHERE user_id=?", (user_id,))).rowcount
+            # decided inside the erase: a /block meanwhile is not lost
             await tx.execute("UPDATE users SET trusted=0, first_seen=NULL, name=NULL, updated_at=?"
-                             " WHERE user_id=? AND blocked=1", (stamp(), user_id))  # decided inside the erase: a /block meanwhile is not lost
+                             " WHERE user_id=? AND blocked=1", (stamp(), user_id))
             await tx.execute("DELETE FROM users WHERE user_id=? AND blocked=0", (user_id,))
             await tx.execute("INSERT INTO erasures (erased_at, predictions, labels) VALUES (?,?,?)",
                              (stamp(), predictions, len(ids)))

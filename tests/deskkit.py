@@ -66,8 +66,8 @@ async def desk_bot(home: Home, fake, **extra: str) -> AsyncIterator[tuple[object
     """The bot with the desk on at http://127.0.0.1:PORT/desk/: (the Application, the desk's URL)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/desk/"
-    async with running_bot(home, fake, KIMCHI_LISTEN=f"127.0.0.1:{port}", KIMCHI_DESK_URL=url,
-                           KIMCHI_CORRECTION_POLICY="trusted", **extra) as app:
+    settings = {"KIMCHI_CORRECTION_POLICY": "trusted", **extra}
+    async with running_bot(home, fake, KIMCHI_LISTEN=f"127.0.0.1:{port}", KIMCHI_DESK_URL=url, **settings) as app:
         yield app, url
 
 

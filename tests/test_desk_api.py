@@ -1,6 +1,7 @@
 """The review desk over plain HTTP, against the real bot server, SQLite file and fake Bot API: who gets in (and
 the 403s with their log lines), the grid's filters and order, bulk decisions through the ledger, photos by
 opaque id with cached thumbnails, and `/desk` in the chat. The page in a real browser: tests/test_desk_browser.py."""
+import asyncio
 import json
 import sqlite3
 
@@ -44,7 +45,8 @@ async def test_only_admins_get_in_and_every_refusal_is_403_with_its_reason(home,
         link = login_link(app)
         first = await client.get(link, follow_redirects=False)
         assert first.status_code == 303 and "kimchi_desk" in first.headers["set-cookie"]
-        assert "httponly" in first.headers["set-cookie"].lower() and "samesite=strict" in first.headers["set-cookie"].lower()
+        cookie = first.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
         replay = await httpx.AsyncClient().get(link)
         assert replay.status_code == 403 and "used again" in caplog.text
 
@@ -95,8 +97,8 @@ async def test_filter_sort_and_decide_in_bulk_as_review_does(home, fake):
                                                             "label": NOT_KIMCHI})
         assert moved.json()["decided"] == 1
         # the admin's label is trained on; the author's own label was wrong, so it earns them nothing
-        assert tuple(rows(home, "SELECT corrected_label, status, basis FROM corrections WHERE id=?", (other["id"],))[0]) \
-            == (NOT_KIMCHI, "accepted", "relabelled")
+        (row,) = rows(home, "SELECT corrected_label, status, basis FROM corrections WHERE id=?", (other["id"],))
+        assert tuple(row) == (NOT_KIMCHI, "accepted", "relabelled")
 
         author = other["user"]["id"]
         mine = [i["id"] for i in (await client.get(f"{url}api/pending", params={"user": author})).json()["items"]]
@@ -115,7 +117,8 @@ async def test_filter_sort_and_decide_in_bulk_as_review_does(home, fake):
         message = {"message_id": shown.result["message_id"], "chat": {"id": ADMIN, "type": "private"},
                    "date": 0, "photo": shown.result.get("photo", [])}
         await fake.tap(admin, message, f"rv:a:{item_id}")
-        note = await fake.wait_for(lambda c: c.method == "sendMessage" and "already decided" in c.params.get("text", ""))
+        note = await fake.wait_for(lambda c: c.method == "sendMessage"
+                                   and "already decided" in c.params.get("text", ""))
         assert note and rows(home, "SELECT status FROM corrections WHERE id=?", (item_id,))[0][0] == "rejected"
         bad = await client.get(f"{url}api/pending", params={"label": "<script>"})
         assert bad.status_code == 400 and bad.json()["error"]
@@ -224,7 +227,8 @@ def test_a_login_link_never_reaches_a_log_line():
 
     formatter = Redacting(logging.Formatter("%(message)s"), [TOKEN])
     record = logging.LogRecord("telegram.Bot", logging.DEBUG, __file__, 1, "Calling sendMessage with %s",
-                               ({"text": "link:\nhttps://bot.example.com/desk/login/Zx_9-aB3cD4eF5gH6iJ7kL8mN9"},), None)
+                               ({"text": "link:\nhttps://bot.example.com/desk/login/Zx_9-aB3cD4eF5gH6iJ7kL8mN9"},),
+                               None)
     line = formatter.format(record)
     assert "/desk/login/<redacted>" in line and "Zx_9" not in line
 
@@ -266,3 +270,41 @@ async def test_models_and_users_tabs_act_through_the_same_serving_and_ledger(tra
         assert blocked["rejected"] == 1
         assert tuple(rows(home, "SELECT trusted, blocked FROM users WHERE user_id=?", (target,))[0]) == (0, 1)
         assert (await client.post(f"{url}api/users/{target}", json={"action": "adopt"})).status_code == 400
+
+
+@pytest.mark.slow
+async def test_a_retrain_started_on_the_desk_runs_under_the_same_supervisor_and_reports_there(trained_copy, fake):
+    """The desk's "start a retrain": the supervisor /retrain uses (a second start is refused while it runs), a
+    real trainer, its progress read from /desk/api/models, and the run's end recorded as /retrain records it."""
+    from tests.test_retrain import RETRAIN
+    from training.importer import import_dataset
+
+    home = trained_copy.home
+    import_dataset(trained_copy.data, home.base, presize=160, workers=1)
+    async with desk_bot(home, fake, **{**RETRAIN, "KIMCHI_CORRECTION_POLICY": "open"}) as (app, url), \
+            httpx.AsyncClient() as client:
+        body = await session(client, url)
+        client.headers["X-CSRF-Token"] = body["csrf"]
+        started = await client.post(f"{url}api/retrain", json={})
+        assert started.status_code == 200, started.text
+        run_id = started.json()["id"]
+        again = await client.post(f"{url}api/retrain", json={})
+        assert again.status_code == 409 and str(run_id) in again.json()["error"]
+        seen = (await client.get(f"{url}api/models")).json()["retrain"]
+        assert seen["running"] and seen["id"] == run_id
+
+        async def finished() -> dict:
+            while (state := (await client.get(f"{url}api/models")).json())["retrain"]["running"]:
+                await asyncio.sleep(0.5)
+            return state
+
+        state = await asyncio.wait_for(finished(), 240)
+        assert state["retrain"]["last"]["id"] == run_id
+        assert state["retrain"]["last"]["status"] in ("promoted", "kept")
+        recorded = rows(home, "SELECT status FROM retrain_runs WHERE id=?", (run_id,))[0][0]
+        assert recorded == state["retrain"]["last"]["status"]
+        # the admin who started it hears the outcome in their chat, as after /retrain
+        candidate = state["retrain"]["last"]["candidate"]
+        assert candidate and candidate in [v["name"] for v in state["versions"]]
+        await fake.wait_for(lambda c: int(c.params.get("chat_id", 0)) == ADMIN and c.method == "sendMessage"
+                            and candidate in str(c.params.get("text", "")), timeout=30)
