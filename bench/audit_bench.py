@@ -218,22 +218,13 @@ def _users_items(root: Path, base: Path, args: argparse.Namespace) -> tuple[list
     import random
 
     from models.datafiles import image_files, label_of
-    from tests.imagegen import OTHER_KINDS, draw_other
+    from tests.imagegen import OTHER_KINDS, UsersLabels, draw_other
     from tests.test_audit import photo
 
-    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     classes = sorted({label_of(p) for p in image_files(base)}, key=CLASS_NAMES.index)
-    items = [(p, label_of(p)) for p in image_files(base)]
-    users: dict[Path, tuple[str, ...]] = {}
-    kinds: dict[str, list[Path]] = {}
-
-    def add(kind: str, image, label: str, accounts: tuple[str, ...], quality: int = 92) -> None:
-        path = root / f"{kind}_{len(kinds.get(kind, [])):03d}.jpg"
-        image.save(path, "JPEG", quality=quality)
-        items.append((path, label))
-        users[path] = accounts
-        kinds.setdefault(kind, []).append(path)
+    labelled = UsersLabels(root, [(p, label_of(p)) for p in image_files(base)])
+    add = labelled.add
 
     for i in range(args.noise):  # coordinated junk: two accounts that agree on every label
         add("noise", draw_other("noise", (200, 150), seed=500 + i), rng.choice(classes), ("1", "2"))
@@ -253,7 +244,7 @@ def _users_items(root: Path, base: Path, args: argparse.Namespace) -> tuple[list
         burst = photo(CLASS_NAMES.index(classes[c]), seed=60_000 + f)
         for i in range(args.flood_size):
             add("flood", burst, classes[c], (f"flood{f}",), quality=95 - 3 * i)
-    return items, users, kinds
+    return labelled.items, labelled.users, labelled.kinds
 
 
 def user_flags(args: argparse.Namespace) -> None:

@@ -392,9 +392,11 @@ def desk_routes(app: Application, settings: Settings, metrics=None) -> list[Rout
         return FileResponse(path, media_type="text/html; charset=utf-8",
                             headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
 
+    # the page's own files, listed once: a request names one of them or gets 404 (never a path)
+    files = {p.name: p for p in STATIC.iterdir() if p.is_file()} if STATIC.is_dir() else {}
+
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
-        files = {p.name: p for p in STATIC.iterdir() if p.is_file()} if STATIC.is_dir() else {}
         if name not in files or name == "desk.html":
             return Response(status_code=404)
         kind = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -620,16 +622,21 @@ async def _json_body(request: Request) -> dict:
 async def photo_path(svc, settings: Settings, sha: str) -> Path | None:
     """The stored file of the photo with this sha256: a user's label's, else a base image's."""
     row = await svc.store.db.one("SELECT path FROM corrections WHERE sha256=? ORDER BY id DESC LIMIT 1", (sha,))
-    candidates = [Path(row[0])] if row else []
-    base = settings.home.base
-    if base.is_dir():
-        candidates += [folder / f"{sha}.jpg" for folder in base.iterdir() if folder.is_dir()]
-    roots = (settings.home.corrections.resolve(), base.resolve())
-    for path in candidates:
-        resolved = path.resolve()
-        if resolved.is_file() and any(resolved.is_relative_to(root) for root in roots):
-            return resolved
-    return None
+    if row is not None:
+        return await asyncio.to_thread(_inside, Path(row[0]), settings.home.corrections)
+    return await asyncio.to_thread(_base_image, settings.home.base, sha)
+
+
+def _inside(path: Path, root: Path) -> Path | None:
+    """`path`, resolved, when it is a file under `root`; else None."""
+    resolved = path.resolve()
+    return resolved if resolved.is_file() and resolved.is_relative_to(root.resolve()) else None
+
+
+def _base_image(base: Path, sha: str) -> Path | None:
+    """The base image named by `sha` (imported as <class>/<sha256>.jpg), or None."""
+    folders = [folder for folder in base.iterdir() if folder.is_dir()] if base.is_dir() else []
+    return next((found for folder in folders if (found := _inside(folder / f"{sha}.jpg", base))), None)
 
 
 async def dataset_summary(svc, settings: Settings) -> dict:

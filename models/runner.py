@@ -130,9 +130,9 @@ class Runner:
             return list(out.unbind(0))
         if self.output is Output.BOTH:
             return list(zip(out[0].unbind(0), out[1].unbind(0)))
-        scores: list[float | None] = [None] * len(out if self.openset is None else out[0])
-        threshold = None
-        if self.openset is not None:
+        if self.openset is None:
+            scores, threshold = [None] * len(out), None
+        else:  # the network answered (probabilities, pooled features) from one pass
             out, pooled = out
             scores, threshold = self.openset.scores(pooled).tolist(), self.openset.threshold
         k = min(self.config.top_k, out.shape[1])

@@ -153,3 +153,23 @@ def make_others(root: Path, kinds: Sequence[str] = OTHER_KINDS, per_kind: int = 
             draw_other(kind, size, seed=seed * 1000 + i).save(path, "JPEG", quality=92)
             paths.append(path)
     return paths
+
+
+class UsersLabels:
+    """Users' labelled photos for the label audit: each picture saved under `root`, the audit's (path, label)
+    items (after the `items` given, e.g. the base), the accounts behind each photo, and the photos by kind."""
+
+    def __init__(self, root: Path, items: Sequence[tuple[Path, str]] = ()) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.items: list[tuple[Path, str]] = list(items)
+        self.users: dict[Path, tuple[str, ...]] = {}
+        self.kinds: dict[str, list[Path]] = {}
+
+    def add(self, kind: str, image: Image.Image, label: str, accounts: tuple[str, ...], quality: int = 92) -> Path:
+        path = self.root / f"{kind}_{len(self.kinds.get(kind, [])):03d}.jpg"
+        image.save(path, "JPEG", quality=quality)
+        self.items.append((path, label))
+        self.users[path] = accounts
+        self.kinds.setdefault(kind, []).append(path)
+        return path

@@ -13,7 +13,7 @@ from models.datafiles import file_sha256, image_files, label_of
 from models.labels import CLASS_NAMES, NOT_KIMCHI
 from models.protocol import AuditedEvent, parse
 from tests.conftest import SESSION_CLASSES
-from tests.imagegen import draw, draw_other
+from tests.imagegen import UsersLabels, draw, draw_other
 from tests.test_audit import photo
 from training.audit import FLOOD, LABEL, NOT_KIMCHI_ISSUE, Listed, run_audit
 from training.cli import main
@@ -28,18 +28,8 @@ def _users_set(root: Path, base: Path) -> tuple[list[tuple[Path, str]], dict[Pat
     """The session's training images as the base, and users' labels: noise called 배추김치, noise honestly
     called not kimchi, fresh kimchi with their right names, and two bursts of one photo re-saved
     FLOOD_COPIES times, one from a single account and one from as many accounts as copies."""
-    root.mkdir(parents=True, exist_ok=True)
-    items = [(path, label_of(path)) for path in image_files(base)]
-    users: dict[Path, tuple[str, ...]] = {}
-    kinds: dict[str, list[Path]] = {}
-
-    def add(kind: str, image, label: str, accounts: tuple[str, ...], quality: int = 92) -> None:
-        path = root / f"{kind}_{len(kinds.get(kind, [])):02d}.jpg"
-        image.save(path, "JPEG", quality=quality)
-        items.append((path, label))
-        users[path] = accounts
-        kinds.setdefault(kind, []).append(path)
-
+    labelled = UsersLabels(root, [(path, label_of(path)) for path in image_files(base)])
+    add = labelled.add
     for i in range(NOISE):
         add("noise", draw_other("noise", (200, 150), seed=300 + i), CLASS_NAMES[0], AGREEING)
     for i in range(3):
@@ -53,7 +43,7 @@ def _users_set(root: Path, base: Path) -> tuple[list[tuple[Path, str]], dict[Pat
     popular = photo(2, seed=8100)
     for i in range(FLOOD_COPIES):
         add("popular", popular, CLASS_NAMES[2], (str(200 + i),), quality=95 - 4 * i)
-    return items, users, kinds
+    return labelled.items, labelled.users, labelled.kinds
 
 
 @pytest.fixture(scope="module")

@@ -91,15 +91,32 @@ class Verdicts:
                 "caught": float(self.not_kimchi[self.negative].mean()) if n_negative else None}
 
 
+def verdicts(measured: Measured, vocab: Sequence[str], scores: np.ndarray, threshold: float) -> Verdicts:
+    """The verdict on each measured image given any open-set score and its threshold (experiments compare
+    scores that are no OpenSet: max softmax, energy)."""
+    n = len(measured.labels)
+    best = np.asarray([vocab[i] for i in measured.probs.argmax(1)]) if n else np.zeros(0, str)
+    labels = np.asarray(measured.labels)
+    return Verdicts(scores, scores > threshold, best == NOT_KIMCHI, best == labels, labels == NOT_KIMCHI)
+
+
 def judge(openset: OpenSet | None, measured: Measured, vocab: Sequence[str]) -> Verdicts:
     """The verdict on each measured image under `openset` (None: the head alone)."""
     n = len(measured.labels)
-    scores = (openset.scores(torch.from_numpy(measured.pooled)).numpy() if openset is not None and n
-              else np.zeros(n, np.float32))
-    far = scores > openset.threshold if openset is not None else np.zeros(n, bool)
-    best = np.asarray([vocab[i] for i in measured.probs.argmax(1)]) if n else np.zeros(0, str)
-    labels = np.asarray(measured.labels)
-    return Verdicts(scores, far, best == NOT_KIMCHI, best == labels, labels == NOT_KIMCHI)
+    if openset is None or not n:
+        return verdicts(measured, vocab, np.zeros(n, np.float32), np.inf)
+    return verdicts(measured, vocab, openset.scores(torch.from_numpy(measured.pooled)).numpy(), openset.threshold)
+
+
+def kimchi_bank(runner: Runner, train_items: Sequence[Path]) -> Measured:
+    """The version's training kimchi its distance checks are fitted on (not_kimchi and classes it does not know
+    left out), at most BANK_CAP drawn evenly over the classes, measured."""
+    from models.openset import BANK_CAP, balanced_sample
+
+    vocab = runner.meta.vocab
+    kimchi = [Path(p) for p in train_items if label_of(p) != NOT_KIMCHI and label_of(p) in vocab]
+    kimchi = [kimchi[i] for i in balanced_sample([label_of(p) for p in kimchi], BANK_CAP)]
+    return measure(runner, kimchi, [label_of(p) for p in kimchi])
 
 
 @dataclass
@@ -152,14 +169,10 @@ def calibrate(folder: Path, train_items: Sequence[Path], valid_items: Sequence[P
     folder = Path(folder)
     runner = runner_for(folder, device)
     vocab = list(runner.meta.vocab)
-    bank_items = [Path(p) for p in train_items if label_of(p) != NOT_KIMCHI and label_of(p) in vocab]
     valid_items = [Path(p) for p in valid_items if label_of(p) in vocab]
-    if len(bank_items) < 2:
+    trained = kimchi_bank(runner, train_items)
+    if len(trained.labels) < 2:
         raise KimchiError(f"{folder.name} has fewer than 2 training images of kimchi; the open-set check needs more.")
-    from models.openset import BANK_CAP, balanced_sample
-
-    bank_items = [bank_items[i] for i in balanced_sample([label_of(p) for p in bank_items], BANK_CAP)]
-    trained = measure(runner, bank_items, [label_of(p) for p in bank_items])
     valid = measure(runner, valid_items, [label_of(p) for p in valid_items])
     check = fit(method, trained.pooled, trained.labels, k=k)
     kimchi = [i for i, label in enumerate(valid.labels) if label != NOT_KIMCHI]
@@ -258,5 +271,5 @@ def write_histogram(calibration: Calibration, folder: Path, title: str = "") -> 
                      calibration.openset.threshold, title)
 
 
-__all__ = ["Calibration", "FILE", "calibrate", "calibrate_version", "histogram", "judge", "measure", "runner_for",
-           "write_histogram"]
+__all__ = ["Calibration", "FILE", "calibrate", "calibrate_version", "histogram", "judge", "kimchi_bank", "measure",
+           "runner_for", "verdicts", "write_histogram"]

@@ -361,8 +361,7 @@ def measure_openset(folder: Path, train_items: list[Path], valid_items: list[Pat
     """Run the version in `folder` once over what the rows need, through the engine's own runner."""
     from models.datafiles import label_of
     from models.labels import NOT_KIMCHI
-    from models.openset import BANK_CAP, balanced_sample
-    from training.calibrate import measure, runner_for
+    from training.calibrate import kimchi_bank, measure, runner_for
 
     runner = runner_for(Path(folder), device)
     vocab = list(runner.meta.vocab)
@@ -373,9 +372,7 @@ def measure_openset(folder: Path, train_items: list[Path], valid_items: list[Pat
     unseen = measure(runner, [p for p, _ in known], [label for _, label in known])
     bank = None
     if {"knn", "mahalanobis"} & set(methods):
-        kimchi = [Path(p) for p in train_items if label_of(p) != NOT_KIMCHI and label_of(p) in vocab]
-        kimchi = [kimchi[i] for i in balanced_sample([label_of(p) for p in kimchi], BANK_CAP)]
-        bank = measure(runner, kimchi, [label_of(p) for p in kimchi])
+        bank = kimchi_bank(runner, train_items)
     if len(labelled) > len(known):
         log.warning("%d unseen photos are of kimchi classes %s does not know; left out of the open-set rows",
                     len(labelled) - len(known), Path(folder).name)
@@ -392,7 +389,7 @@ def openset_rows(measured: OpenSetMeasures, methods: tuple[str, ...], keep: floa
 
     from models.labels import NOT_KIMCHI
     from models.openset import DEFAULT_K, conformal_threshold, fit
-    from training.calibrate import Verdicts
+    from training.calibrate import verdicts
 
     vocab = measured.vocab
     kimchi_columns = [i for i, label in enumerate(vocab) if label != NOT_KIMCHI]
@@ -411,11 +408,6 @@ def openset_rows(measured: OpenSetMeasures, methods: tuple[str, ...], keep: floa
             return -(top + np.log(np.exp(z - top[:, None]).sum(1)))
         return checks[method].scores(torch.from_numpy(m.pooled)).numpy()
 
-    def verdicts(name: str, values: np.ndarray, threshold: float) -> Verdicts:
-        labels = np.asarray(sets[name].labels)
-        best = np.asarray([vocab[i] for i in sets[name].probs.argmax(1)]) if len(labels) else np.zeros(0, str)
-        return Verdicts(values, values > threshold, best == NOT_KIMCHI, best == labels, labels == NOT_KIMCHI)
-
     negatives = "yes" if NOT_KIMCHI in vocab else "no"
     rows = []
     for method in methods:
@@ -427,8 +419,8 @@ def openset_rows(measured: OpenSetMeasures, methods: tuple[str, ...], keep: floa
         if method in checks:
             checks[method] = checks[method].calibrated(calibration, keep)
             checks[method].info.update(calibrated_on=int(len(calibration)), source="experiments")
-        valid = verdicts("valid", valid_scores, threshold).figures()
-        unseen = verdicts("unseen", scores(method, "unseen"), threshold).figures()
+        valid = verdicts(sets["valid"], vocab, valid_scores, threshold).figures()
+        unseen = verdicts(sets["unseen"], vocab, scores(method, "unseen"), threshold).figures()
         kimchi = unseen if unseen["n_kimchi"] else valid
         dishes = unseen if unseen["n_negatives"] else valid
         where = ("unseen" if kimchi is unseen else "valid", "unseen" if dishes is unseen else "valid")
